@@ -1,0 +1,3 @@
+from animexpr.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""The `animexpr` command line: global options here, each room adds its own commands."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.logging import RichHandler
+from rich.table import Table
+
+from animexpr import __version__
+from animexpr.cli_common import AppState, console, err_console, get_state
+from animexpr.config import CONFIG_FILE_NAME, load_settings
+from animexpr.errors import AnimexprError
+from animexpr.status import collect_status
+
+app = typer.Typer(
+    name="animexpr",
+    help="Anime facial-expression dataset from Danbooru, and the expression GAN trained on it.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # never print local variables: they may hold an API key
+)
+# Rooms that add commands; a room whose module is missing is simply not offered.
+ROOM_CLI_MODULES = ("animexpr.harvest.cli", "animexpr.curate.cli", "animexpr.model.cli", "animexpr.demo")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"animexpr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            help="Home folder of the store [env: ANIMEXPR_HOME; default ./animexpr-home]", show_default=False
+        ),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="Database URL [env: ANIMEXPR_DB; default SQLite in the home folder]", show_default=False
+        ),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Classes and tags, e.g. 'angry,sad:sad+crying' [env: ANIMEXPR_CLASSES]", show_default=False
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    _setup_logging(verbose)
+    ctx.obj = AppState(load_settings(home=home, db=db, classes=classes))
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    logger = logging.getLogger("animexpr")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the home folder, its file areas and the database, and write a settings file to edit."""
+    state = get_state(ctx)
+    state.store.remove_stale_temporaries()
+    _ = state.engine
+    config_file = state.settings.config_file
+    if not config_file.exists():
+        config_file.write_text(_settings_file_text(state), encoding="utf-8")
+    console.print(f"store ready in [bold]{state.settings.home}[/] (settings: {config_file})")
+
+
+def _settings_file_text(state: AppState) -> str:
+    lines = [
+        f"# animexpr settings ({CONFIG_FILE_NAME}); environment variables and options override them.",
+        '# db = "postgresql+psycopg://user@127.0.0.1/animexpr"',
+        "",
+        "[classes]  # class name = Danbooru tag(s); a post matches a class when it has any of its tags",
+    ]
+    lines += [f"{spec.name} = {json.dumps(list(spec.tags))}" for spec in state.settings.classes]
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (keys in the README).")
+    ] = False,
+) -> None:
+    """Show what the store holds: posts, crops, augmentations and snapshots, per class."""
+    state = get_state(ctx)
+    report = collect_status(state.engine, state.settings)
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=False))
+        return
+    console.print(f"home [bold]{report['home']}[/]  database {report['database']}")
+    table = Table(
+        "class", "posts", "downloaded", "skipped", "failed", "pending", "accepted", "rejected", "augmented"
+    )
+    rows = [*report["per_class"].items(), ("all", report)]
+    for name, counts in rows:
+        posts, crops = counts["posts"], counts["crops"]
+        table.add_row(
+            name,
+            *(str(posts[key]) for key in ("total", "downloaded", "skipped", "failed")),
+            *(str(crops[key]) for key in ("pending", "accepted", "rejected")),
+            str(counts["augmented"]),
+        )
+    console.print(table)
+    if report["posts"]["reasons"]:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in report["posts"]["reasons"].items())
+        console.print(f"skipped or failed posts by reason: {reasons}")
+    console.print(f"snapshots: {', '.join(report['snapshots']) or 'none'}")
+
+
+def _register_rooms() -> None:
+    for module_name in ROOM_CLI_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(app)
+
+
+_register_rooms()
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one red line and exit status 1."""
+    try:
+        app(standalone_mode=False)
+    except AnimexprError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished work is kept")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""The store's database: typed models, engine/session helpers and Alembic migrations."""

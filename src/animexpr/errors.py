@@ -1,0 +1,13 @@
+"""Errors meant for the user: the CLI prints their message on one line and exits with status 1."""
+
+
+class AnimexprError(Exception):
+    """A problem the user can fix; its message says what and how."""
+
+
+class ConfigError(AnimexprError):
+    """A bad setting; the message names the key."""
+
+
+class SchemaError(AnimexprError):
+    """The database schema cannot be used by this version of animexpr."""

@@ -1,0 +1,128 @@
+"""The content-addressed file store in the home folder, with atomic writes.
+
+A file is first written under a temporary name in its final folder, flushed and fsynced, then renamed into
+place, so a crash leaves either the complete file or nothing (plus, at worst, a temporary file that
+`FileStore.remove_stale_temporaries` cleans). Callers commit the database row only after `put_*` returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+AREAS = ("originals", "crops", "augmented", "snapshots")
+TEMP_PREFIX = ".tmp-"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    relpath: str  # relative to the home folder, with forward slashes
+    sha256: str
+    size: int
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` never exists half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, which is fine.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _normalise_ext(ext: str) -> str:
+    ext = ext.lower().lstrip(".")
+    if not ext.isalnum():
+        raise ValueError(f"bad file extension {ext!r}")
+    return ext
+
+
+class FileStore:
+    """Files under HOME/<area>/<key[:2]>/<key>.<ext>.
+
+    The key is the sha256 of the content, or the post md5 for originals.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+
+    def create_areas(self) -> None:
+        for area in AREAS:
+            (self.home / area).mkdir(parents=True, exist_ok=True)
+
+    def relpath_for(self, area: str, key: str, ext: str) -> str:
+        if area not in AREAS:
+            raise ValueError(f"unknown store area {area!r}")
+        return f"{area}/{key[:2]}/{key}.{_normalise_ext(ext)}"
+
+    def abspath(self, relpath: str) -> Path:
+        path = (self.home / relpath).resolve()
+        if not path.is_relative_to(self.home.resolve()):
+            raise ValueError(f"{relpath!r} points outside the store")
+        return path
+
+    def put_bytes(self, area: str, data: bytes, ext: str) -> StoredFile:
+        """Store `data` under its sha256; storing the same bytes twice keeps one file."""
+        digest = sha256_bytes(data)
+        return self._put(self.relpath_for(area, digest, ext), data, digest)
+
+    def put_original(self, md5: str, data: bytes, ext: str) -> StoredFile:
+        """Store a Danbooru original under its post md5 (the caller has checked the md5)."""
+        return self._put(self.relpath_for("originals", md5, ext), data, sha256_bytes(data))
+
+    def _put(self, relpath: str, data: bytes, digest: str) -> StoredFile:
+        path = self.abspath(relpath)
+        if not (path.exists() and path.stat().st_size == len(data) and sha256_file(path) == digest):
+            atomic_write_bytes(path, data)
+        return StoredFile(relpath=relpath, sha256=digest, size=len(data))
+
+    def verify(self, relpath: str, sha256: str) -> bool:
+        """True when the file exists and still has the recorded hash."""
+        path = self.abspath(relpath)
+        return path.is_file() and sha256_file(path) == sha256
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files a crash left behind; returns how many."""
+        removed = 0
+        for area in AREAS:
+            for temp in (self.home / area).rglob(f"{TEMP_PREFIX}*"):
+                temp.unlink(missing_ok=True)
+                removed += 1
+        return removed
