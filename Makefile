@@ -19,7 +19,8 @@ $(STAMP):
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: venv
-	$(BIN)/animexpr demo
+	$(BIN)/animexpr init
+	$(BIN)/animexpr status
 
 lint: venv
 	$(BIN)/ruff check src tests bench
