@@ -26,7 +26,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # never print local variables: they may hold an API key
 )
 # Rooms that add commands; a room whose module is missing is simply not offered.
-ROOM_CLI_MODULES = ("animexpr.harvest.cli", "animexpr.curate.cli", "animexpr.model.cli", "animexpr.demo")
+ROOM_CLI_MODULES = (
+    "animexpr.harvest.cli",
+    "animexpr.curate.cli",
+    "animexpr.model.cli",
+    "animexpr.model.eval_cli",
+    "animexpr.demo",
+)
 
 
 def _version(value: bool) -> None:
