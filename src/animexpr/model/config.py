@@ -1,0 +1,162 @@
+"""The training configuration: one frozen dataclass, saved as JSON in every run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from animexpr.errors import ConfigError
+
+Precision = Literal["fp32", "tf32", "bf16"]
+IdentityLoss = Literal["cycle", "contextual"]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What distinguishes the paper's ablations (Table 1) from each other."""
+
+    decoder_control: bool  # F + AdaIN in the decoder; otherwise the label is tiled into the input (StarGAN)
+    attention_mask: bool  # G_att and y* = M * y + (1 - M) * x
+    identity_loss: IdentityLoss  # cycle reconstruction (StarGAN) or the contextual loss (the paper)
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "stargan": VariantSpec(decoder_control=False, attention_mask=False, identity_loss="cycle"),
+    "stargan-dc": VariantSpec(decoder_control=True, attention_mask=False, identity_loss="cycle"),
+    "stargan-am": VariantSpec(decoder_control=False, attention_mask=True, identity_loss="cycle"),
+    "ours-no-cx": VariantSpec(decoder_control=True, attention_mask=True, identity_loss="cycle"),
+    "ours": VariantSpec(decoder_control=True, attention_mask=True, identity_loss="contextual"),
+}
+
+# Fields that only say how a run executes, not what it learns: a resumed run may change them.
+RUNTIME_FIELDS = frozenset(
+    {
+        "iters",
+        "device",
+        "log_every",
+        "sample_every",
+        "ckpt_every",
+        "keep_ckpts",
+        "cuda_graphs",
+        "compile",
+        "vgg_weights",
+        "data",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run. Defaults are the paper's (and StarGAN's where the paper is silent)."""
+
+    data: str  # snapshot folder (holds dataset.json and manifest.jsonl)
+    variant: str = "ours"
+    # Schedule (paper section 5.1)
+    iters: int = 200_000  # discriminator iterations; G is updated every n_critic of them
+    batch: int = 16  # global batch; divided between processes under DDP
+    image_size: int = 128  # px
+    n_critic: int = 5
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_start: int = 100_000  # lr decays linearly from here to 0 at `iters` (none if >= iters)
+    # Loss weights
+    lambda_cx: float = 0.1
+    lambda_cls: float = 1.0
+    lambda_gp: float = 10.0
+    lambda_rec: float = 10.0  # cycle reconstruction (StarGAN's value), for the variants without CX
+    # Mask collapse guard: a hinge on each image's mean mask, zero while the mean stays inside
+    # [mask_floor, mask_ceiling], so it leaves a healthy mask alone (see losses.mask_collapse_penalty).
+    lambda_mask: float = 1.0
+    mask_floor: float = 0.05
+    mask_ceiling: float = 0.95
+    # Contextual loss
+    cx_layer: str = "relu4_2"
+    cx_band_width: float = 0.5
+    vgg_weights: str | None = None  # torchvision vgg19 state dict; None: cache, then pinned download
+    vgg_random: bool = False  # random VGG weights: only for tests and speed runs
+    # Widths (the defaults are the paper's; tiny values make CPU runs possible)
+    g_conv_dim: int = 64
+    g_res_blocks: int = 3  # bottlenecks on each side of G_trans (3 + 3)
+    att_res_blocks: int = 6  # bottlenecks of G_att
+    d_conv_dim: int = 64
+    d_repeat_num: int = 6
+    mapping_dim: int = 512
+    style_dim: int = 64  # N, the size of the control information k
+    # Training state
+    ema_beta: float = 0.999  # per G step, with a warm-up (see train.ema_weight)
+    balanced: bool = False  # draw classes uniformly instead of by their frequency
+    seed: int = 0
+    # Execution
+    device: str = "auto"
+    precision: Precision = "tf32"
+    channels_last: bool = True
+    cuda_graphs: bool = True  # capture each step as a CUDA graph (single process on CUDA only)
+    compile: bool = False  # torch.compile G's parts and VGG (never D: its penalty needs double backward)
+    log_every: int = 100
+    sample_every: int = 1000
+    ckpt_every: int = 10_000
+    keep_ckpts: int = 3
+    sample_count: int = 8  # rows of the fixed sample grid
+
+    def __post_init__(self) -> None:
+        _check(
+            self.variant in VARIANTS, f"variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}"
+        )
+        _check(self.precision in ("fp32", "tf32", "bf16"), f"precision: unknown {self.precision!r}")
+        for name in ("iters", "batch", "image_size", "n_critic", "log_every", "sample_every", "ckpt_every"):
+            _check(getattr(self, name) > 0, f"{name}: must be positive")
+        _check(self.keep_ckpts >= 1, "keep_ckpts: must be at least 1")
+        _check(self.decay_start >= 0, "decay_start: must not be negative (at or past iters: no decay)")
+        _check(self.lr > 0, "lr: must be positive")
+        _check(0.0 <= self.ema_beta < 1.0, "ema_beta: must lie in [0, 1)")
+        _check(
+            0.0 <= self.mask_floor < self.mask_ceiling <= 1.0,
+            "mask_floor/mask_ceiling: need 0 <= floor < ceiling <= 1",
+        )
+        downsample = 2**self.d_repeat_num
+        _check(
+            self.image_size % downsample == 0 and self.image_size % 4 == 0,
+            f"image_size: {self.image_size} px must be a multiple of 2**d_repeat_num = {downsample}",
+        )
+        _check(
+            self.cx_layer in ("relu3_2", "relu4_2"), f"cx_layer: relu3_2 or relu4_2, got {self.cx_layer!r}"
+        )
+
+    @property
+    def spec(self) -> VariantSpec:
+        return VARIANTS[self.variant]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"training config: unknown key {unknown[0]!r}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+    def with_runtime(self, other: TrainConfig) -> TrainConfig:
+        """This config with the runtime fields of `other` (what a resumed run may change)."""
+        return dataclasses.replace(self, **{name: getattr(other, name) for name in RUNTIME_FIELDS})
+
+    def learning_differences(self, other: TrainConfig) -> list[str]:
+        """Names of the fields that change what is learned, where the two configs differ."""
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name not in RUNTIME_FIELDS and getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,742 @@
+"""The training loop: one code path for every variant, on the CPU, one GPU (CUDA graphs) or several (DDP).
+
+Per iteration: one discriminator step (WGAN-GP + classification on real images); every n_critic-th iteration
+also one generator step (adversarial + classification on fakes + cycle or contextual loss + mask guard) and
+the EMA update. On a single GPU both kinds of iteration are captured once as CUDA graphs (sampling, forward,
+backward and the fused Adam step), which removes the kernel-launch overhead that dominates at batch 16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from animexpr.errors import AnimexprError
+from animexpr.model import checkpoint as ckpt
+from animexpr.model.config import TrainConfig
+from animexpr.model.data import (
+    FaceBatches,
+    decode_records,
+    fits_on_device,
+    fixed_sample_indices,
+    load_snapshot,
+    to_model_input,
+)
+from animexpr.model.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    any_rank,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+    shutdown_distributed,
+)
+from animexpr.model.grid import save_png, translation_grid
+from animexpr.model.losses import (
+    classification_loss,
+    contextual_loss,
+    cycle_reconstruction_loss,
+    gradient_penalty,
+    mask_collapse_penalty,
+    mask_statistics,
+    wasserstein_critic_loss,
+    wasserstein_generator_loss,
+)
+from animexpr.model.networks import Generator, build_networks, parameter_counts
+from animexpr.model.vgg import VGG19Features, load_vgg19_features
+
+log = logging.getLogger(__name__)
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+D_KEYS = ("D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp")
+ProgressFn = Callable[[int, int, dict[str, float] | None], None]
+
+
+class NonFiniteLossError(AnimexprError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    state_file: Path | None
+    generator_file: Path | None
+    interrupted: bool
+
+
+def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    """lr0 until decay_start, then a true linear decay reaching 0 at `iters` (StarGAN's code never decays)."""
+    if iteration < cfg.decay_start or cfg.iters <= cfg.decay_start:
+        return cfg.lr
+    return cfg.lr * max(0.0, (cfg.iters - iteration) / (cfg.iters - cfg.decay_start))
+
+
+def ema_weight(cfg: TrainConfig, g_step: int) -> float:
+    """Weight of the new generator in the EMA; the warm-up keeps a short run's EMA from staying near init."""
+    beta = min(cfg.ema_beta, (1 + g_step) / (10 + g_step))
+    return 1.0 - beta
+
+
+def select_device(spec: str, info: DistInfo) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AnimexprError("--device cuda: no CUDA device is available")
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank)
+    return device
+
+
+def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
+    if device.type == "cuda":
+        tf32 = cfg.precision in ("tf32", "bf16")
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def onehot(labels: Tensor, num_classes: int) -> Tensor:
+    return F.one_hot(labels, num_classes).float()
+
+
+class Trainer:
+    """Networks, optimisers and the two step kinds; knows nothing of run folders (bench/ uses it directly)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        batches: FaceBatches,
+        device: torch.device,
+        info: DistInfo | None = None,
+        vgg: VGG19Features | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.batches = batches
+        self.device = device
+        self.info = info or DistInfo()
+        self.num_classes = batches.num_classes
+        if cfg.batch % self.info.world_size:
+            raise AnimexprError(f"batch {cfg.batch} does not divide among {self.info.world_size} processes")
+        self.local_batch = cfg.batch // self.info.world_size
+        self.spec = cfg.spec
+        if self.spec.identity_loss == "contextual" and vgg is None:
+            raise AnimexprError(f"variant {cfg.variant} needs the VGG19 feature extractor")
+        self.channels_last = cfg.channels_last and device.type == "cuda"
+
+        torch.manual_seed(cfg.seed)  # the same initial networks on every rank
+        generator, discriminator = build_networks(cfg, self.num_classes)
+        self.G: Generator = _placed(generator, device, self.channels_last)
+        self.D = _placed(discriminator, device, self.channels_last)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        self.vgg = _placed(vgg, device, self.channels_last) if vgg is not None else None
+        torch.manual_seed(cfg.seed + 1000 * self.info.rank)  # different batches on every rank
+
+        self.G_train: nn.Module = self.G
+        self.D_train: nn.Module = self.D
+        if self.info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.G_train = DistributedDataParallel(self.G, device_ids=ids, broadcast_buffers=False)
+            self.D_train = DistributedDataParallel(self.D, device_ids=ids, broadcast_buffers=False)
+        if cfg.compile:
+            self._compile_forward_parts()
+
+        self.use_graphs = (
+            cfg.cuda_graphs and device.type == "cuda" and not self.info.enabled and batches.on_device
+        )
+        self.g_params: list[Tensor] = [p for p in self.G.parameters() if p.requires_grad]
+        self.d_params: list[Tensor] = [p for p in self.D.parameters() if p.requires_grad]
+        self.opt_G = self._adam(self.g_params)
+        self.opt_D = self._adam(self.d_params)
+        self.ema_params: list[Tensor] = list(self.G_ema.parameters())
+
+        self.iteration = 0
+        self.g_steps = 0
+        self.g_keys = self._g_keys()
+        self.d_sums = torch.zeros(len(D_KEYS), device=device)
+        self.g_sums = torch.zeros(len(self.g_keys), device=device)
+        self.d_count = 0
+        self.g_count = 0
+        self._lr_value: float | None = None
+        self._ema_weight = torch.zeros((), device=device)
+        self._graphs: dict[str, torch.cuda.CUDAGraph] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _adam(self, params: list[Tensor]) -> torch.optim.Adam:
+        # Fused and capturable on CUDA: one kernel per step, and the step can live in a CUDA graph.
+        on_cuda = self.device.type == "cuda"
+        betas = (self.cfg.beta1, self.cfg.beta2)
+        return torch.optim.Adam(params, lr=self.cfg.lr, betas=betas, fused=on_cuda, capturable=on_cuda)
+
+    def _g_keys(self) -> tuple[str, ...]:
+        identity = "G/loss_rec" if self.spec.identity_loss == "cycle" else "G/loss_cx"
+        keys: tuple[str, ...] = ("G/loss_fake", "G/loss_cls", identity)
+        if self.spec.attention_mask:
+            keys += ("G/loss_mask", "G/mask_mean", "G/mask_std")
+        return keys
+
+    def _compile_forward_parts(self) -> None:
+        # D stays eager: its gradient penalty needs a double backward, which AOTAutograd refuses.
+        # Module.compile() keeps the state-dict keys (no `_orig_mod.` prefix in checkpoints).
+        for part in (self.G.mapping, self.G.trans, self.G.att, self.vgg):
+            if part is not None:
+                part.compile()
+
+    def parameter_counts(self) -> dict[str, int]:
+        return parameter_counts(self.G, self.D)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(
+            self.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.cfg.precision == "bf16",
+            cache_enabled=not self.use_graphs,  # the autocast weight cache must be off under graph capture
+        )
+
+    # ------------------------------------------------------------------ the two steps
+    def _d_step(self) -> tuple[Tensor, Tensor, Tensor]:
+        cfg = self.cfg
+        self.opt_D.zero_grad(set_to_none=True)
+        x_real, label_org, label_trg = self.batches.sample(self.local_batch)
+        with self.autocast():
+            with torch.no_grad():
+                x_fake, _ = self.G(x_real, onehot(label_trg, self.num_classes))
+            # One D call for real and fake: D has no batch statistics, so this equals two calls.
+            src, cls = self.D_train(torch.cat([x_real, x_fake]))
+            src_real, src_fake = src.chunk(2)
+            loss_real, loss_fake = wasserstein_critic_loss(src_real, src_fake)
+            loss_cls = classification_loss(cls[: len(x_real)], label_org)
+            alpha = torch.rand(len(x_real), 1, 1, 1, device=self.device)
+            loss_gp = gradient_penalty(lambda t: self.D_train(t)[0], x_real, x_fake, alpha)
+        loss = loss_real + loss_fake + cfg.lambda_cls * loss_cls + cfg.lambda_gp * loss_gp
+        loss.backward()
+        self.opt_D.step()
+        self.d_sums += torch.stack([loss_real, loss_fake, loss_cls, loss_gp]).detach()
+        return x_real, label_org, label_trg
+
+    def _g_step(self, x_real: Tensor, label_org: Tensor, label_trg: Tensor) -> None:
+        cfg = self.cfg
+        self.opt_G.zero_grad(set_to_none=True)
+        with self.autocast():
+            x_fake, mask = self.G_train(x_real, onehot(label_trg, self.num_classes))
+            # The bare D: no DDP hooks, and backward(inputs=...) below skips D's weight gradients entirely.
+            src, cls = self.D(x_fake)
+            loss_fake = wasserstein_generator_loss(src)
+            loss_cls = classification_loss(cls, label_trg)
+            if self.spec.identity_loss == "cycle":
+                x_rec, _ = self.G_train(x_fake, onehot(label_org, self.num_classes))
+                loss_identity = cycle_reconstruction_loss(x_real, x_rec)
+                identity_weight = cfg.lambda_rec
+            else:
+                assert self.vgg is not None
+                with torch.no_grad():
+                    target_features = self.vgg(x_real)
+                loss_identity = contextual_loss(self.vgg(x_fake), target_features, cfg.cx_band_width)
+                identity_weight = cfg.lambda_cx
+            loss = loss_fake + cfg.lambda_cls * loss_cls + identity_weight * loss_identity
+            values = [loss_fake, loss_cls, loss_identity]
+            if mask is not None:
+                loss_mask = mask_collapse_penalty(mask, cfg.mask_floor, cfg.mask_ceiling)
+                loss = loss + cfg.lambda_mask * loss_mask
+                values += [loss_mask, *mask_statistics(mask)]
+        torch.autograd.backward(loss, inputs=self.g_params)
+        self.opt_G.step()
+        self._update_ema()
+        self.g_sums += torch.stack([v.float() for v in values]).detach()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        weight: Tensor | float = self._ema_weight if self.use_graphs else ema_weight(self.cfg, self.g_steps)
+        deltas = torch._foreach_sub(self.g_params, self.ema_params)
+        torch._foreach_mul_(deltas, weight)
+        torch._foreach_add_(self.ema_params, list(deltas))
+
+    def _iteration_body(self, with_generator: bool) -> None:
+        batch = self._d_step()
+        if with_generator:
+            self._g_step(*batch)
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def prepare(self) -> None:
+        """Capture the two iteration kinds as CUDA graphs (after any state was loaded); a no-op otherwise."""
+        if not self.use_graphs or self._graphs:
+            return
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:  # a device tensor, so that changing it needs no re-capture
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        saved = self._clone_state()
+        rng = torch.cuda.get_rng_state(self.device)
+        # Warm up on a side stream (cuDNN autotuning, optimiser state allocation), as capture requires.
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._iteration_body(with_generator=True)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        for name, with_generator in (("d", False), ("dg", True)):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._iteration_body(with_generator)
+            self._graphs[name] = graph
+        torch.cuda.synchronize(self.device)
+        # Warm-up trained for real: put everything back, in place (the graphs hold these addresses).
+        self._restore_state_in_place(saved)
+        torch.cuda.set_rng_state(rng, self.device)
+        self.d_sums.zero_()
+        self.g_sums.zero_()
+
+    def _clone_state(self) -> dict[str, Any]:
+        return {
+            "G": {k: v.clone() for k, v in self.G.state_dict().items()},
+            "D": {k: v.clone() for k, v in self.D.state_dict().items()},
+            "G_ema": {k: v.clone() for k, v in self.G_ema.state_dict().items()},
+            "opt_G": _clone_optimizer_state(self.opt_G),
+            "opt_D": _clone_optimizer_state(self.opt_D),
+        }
+
+    def _restore_state_in_place(self, saved: dict[str, Any]) -> None:
+        self.G.load_state_dict(saved["G"])  # load_state_dict copies into the existing tensors
+        self.D.load_state_dict(saved["D"])
+        self.G_ema.load_state_dict(saved["G_ema"])
+        _restore_optimizer_state(self.opt_G, saved["opt_G"])
+        _restore_optimizer_state(self.opt_D, saved["opt_D"])
+
+    # ------------------------------------------------------------------ running
+    def _set_lr(self, value: float) -> None:
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(value)
+                else:
+                    group["lr"] = value
+
+    def run_iteration(self) -> None:
+        lr = learning_rate(self.cfg, self.iteration)
+        if lr != self._lr_value:
+            self._set_lr(lr)
+            self._lr_value = lr
+        with_generator = (self.iteration + 1) % self.cfg.n_critic == 0
+        if with_generator and self.use_graphs:
+            self._ema_weight.fill_(ema_weight(self.cfg, self.g_steps))
+        if self.use_graphs:
+            self._graphs["dg" if with_generator else "d"].replay()
+        else:
+            self._iteration_body(with_generator)
+        self.d_count += 1
+        if with_generator:
+            self.g_count += 1
+            self.g_steps += 1
+        self.iteration += 1
+
+    def flush_stats(self) -> dict[str, float]:
+        """Mean of each loss since the last flush (one host synchronisation); raises on NaN or inf."""
+        sums = torch.cat([self.d_sums / max(self.d_count, 1), self.g_sums / max(self.g_count, 1)])
+        sums = all_reduce_mean(sums, self.info)
+        values = sums.tolist()
+        keys = D_KEYS + self.g_keys
+        stats = {k: v for k, v in zip(keys, values, strict=True) if k.startswith("D/") or self.g_count}
+        self.d_sums.zero_()
+        self.g_sums.zero_()
+        self.d_count = self.g_count = 0
+        bad = [k for k, v in stats.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(f"{bad[0]} became {stats[bad[0]]} before iteration {self.iteration}")
+        return stats
+
+    @torch.no_grad()
+    def translate(self, x: Tensor, use_ema: bool = True) -> tuple[list[Tensor], list[Tensor] | None]:
+        """x translated to every class (and the masks), in fp32 without autocast, for the sample grid."""
+        generator = self.G_ema if use_ema else self.G
+        outputs, masks = [], []
+        for c in range(self.num_classes):
+            labels = torch.full((len(x),), c, device=x.device, dtype=torch.long)
+            y, m = generator(x, onehot(labels, self.num_classes))
+            outputs.append(y)
+            if m is not None:
+                masks.append(m)
+        return outputs, (masks or None)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "iteration": self.iteration,
+            "g_steps": self.g_steps,
+            "config": self.cfg.to_json(),
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_G": _portable_optimizer_state(self.opt_G),
+            "opt_D": _portable_optimizer_state(self.opt_D),
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore before `prepare()` (the graphs are captured on the restored tensors)."""
+        if self._graphs:
+            raise RuntimeError("load the training state before capturing the CUDA graphs")
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.iteration = int(state["iteration"])
+        self.g_steps = int(state["g_steps"])
+        self._lr_value = None
+        rng = state.get("rng") or {}
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+def _placed(module: ModuleT, device: torch.device, channels_last: bool) -> ModuleT:
+    module = module.to(device)
+    if channels_last:  # cuDNN's fast convolution kernels want NHWC
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return module
+
+
+def _portable_optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    state = opt.state_dict()
+    state["param_groups"] = [
+        {k: (float(v) if k == "lr" and isinstance(v, Tensor) else v) for k, v in group.items()}
+        for group in state["param_groups"]
+    ]
+    return state
+
+
+def _clone_optimizer_state(opt: torch.optim.Optimizer) -> dict[int, dict[str, Tensor]]:
+    return {
+        i: {k: v.clone() for k, v in opt.state[p].items() if isinstance(v, Tensor)}
+        for i, p in enumerate(_optimizer_params(opt))
+        if p in opt.state
+    }
+
+
+def _restore_optimizer_state(opt: torch.optim.Optimizer, saved: dict[int, dict[str, Tensor]]) -> None:
+    for i, p in enumerate(_optimizer_params(opt)):
+        for key, value in opt.state.get(p, {}).items():
+            if isinstance(value, Tensor):
+                if i in saved and key in saved[i]:
+                    value.copy_(saved[i][key])
+                else:
+                    value.zero_()  # state created by the warm-up: a fresh optimiser has none
+
+
+def _optimizer_params(opt: torch.optim.Optimizer) -> Iterator[Tensor]:
+    for group in opt.param_groups:
+        yield from group["params"]
+
+
+# ====================================================================== the run around the trainer
+
+
+class _StopRequest:
+    """First Ctrl-C: finish the iteration, write a checkpoint, stop. Second Ctrl-C: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this iteration and writing a checkpoint (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _find_resumable_run(runs_root: Path, cfg: TrainConfig) -> Path | None:
+    for run_dir in reversed(ckpt.run_dirs(runs_root)):
+        try:
+            saved = ckpt.read_run_config(run_dir)
+        except ckpt.CheckpointError:
+            continue
+        same_data = Path(saved.get("data", "")).resolve() == Path(cfg.data).resolve()
+        if same_data and saved.get("variant") == cfg.variant and ckpt.training_states(run_dir):
+            return run_dir
+    return None
+
+
+def _resolve_run(
+    cfg: TrainConfig, runs_root: Path, resume: str | None, description: str
+) -> tuple[Path, TrainConfig, Path | None]:
+    """Decide the run folder, the effective config and the state file to resume from (rank 0 only)."""
+    run_dir: Path | None = None
+    state_file: Path | None = None
+    if resume == "auto":
+        run_dir = _find_resumable_run(runs_root, cfg)
+    elif resume:
+        path = Path(resume)
+        if path.is_file():
+            state_file, run_dir = path, path.parent.parent
+        elif path.is_dir():
+            run_dir = path
+        else:
+            raise AnimexprError(f"--resume {resume}: neither 'auto', a run folder nor a state file")
+    if run_dir is None:
+        run_dir = ckpt.new_run_dir(runs_root, description)
+        (run_dir / ckpt.CONFIG_FILE).write_text(cfg.to_json(), encoding="utf-8")
+        return run_dir, cfg, None
+    if state_file is None:
+        states = ckpt.training_states(run_dir)
+        if not states:
+            raise AnimexprError(f"{run_dir}: no checkpoints/state-*.pt to resume from")
+        state_file = states[-1][1]
+    saved = TrainConfig.from_dict(ckpt.read_run_config(run_dir))
+    ignored = saved.learning_differences(cfg)
+    if ignored:
+        log.warning("resuming %s with its saved settings; ignoring changed %s", run_dir, ", ".join(ignored))
+    effective = saved.with_runtime(cfg)
+    (run_dir / ckpt.CONFIG_FILE).write_text(effective.to_json(), encoding="utf-8")
+    return run_dir, effective, state_file
+
+
+def _load_vgg(cfg: TrainConfig, vgg_download: bool) -> VGG19Features | None:
+    if cfg.spec.identity_loss != "contextual":
+        return None
+    return load_vgg19_features(
+        cfg.cx_layer, cfg.vgg_weights, random_weights=cfg.vgg_random, download=vgg_download
+    )
+
+
+class _RunWriter:
+    """Rank 0's outputs: stats.jsonl, sample grids and checkpoints."""
+
+    def __init__(
+        self, run_dir: Path, trainer: Trainer, fixed_inputs: Tensor, manifest_sha256: str, classes: list[str]
+    ):
+        self.run_dir = run_dir
+        self.trainer = trainer
+        self.fixed_inputs = fixed_inputs
+        self.manifest_sha256 = manifest_sha256
+        self.classes = classes
+        self.last_state: Path | None = None
+        self.last_generator: Path | None = None
+
+    def append_stats(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / ckpt.STATS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def save_samples(self) -> Path:
+        outputs, masks = self.trainer.translate(self.fixed_inputs)
+        path = self.run_dir / ckpt.SAMPLES_DIR / f"{self.trainer.iteration:07d}.png"
+        save_png(translation_grid(self.fixed_inputs, outputs, masks), path)
+        return path
+
+    def save_checkpoint(self, rng_by_rank: list[Any]) -> None:
+        trainer = self.trainer
+        state = trainer.state_dict()
+        state["rng_by_rank"] = rng_by_rank
+        state["manifest_sha256"] = self.manifest_sha256
+        state["classes"] = self.classes
+        self.last_state = ckpt.state_path(self.run_dir, trainer.iteration)
+        ckpt.save_training_state(self.last_state, state)
+        self.last_generator = ckpt.generator_path(self.run_dir, trainer.iteration)
+        metadata = {
+            "config": trainer.cfg.to_json(),
+            "classes": json.dumps(self.classes),
+            "iteration": str(trainer.iteration),
+            "format": "animexpr-generator-1",
+        }
+        ckpt.save_generator(self.last_generator, trainer.G_ema.state_dict(), metadata)
+        ckpt.prune_checkpoints(self.run_dir, trainer.cfg.keep_ckpts)
+        log.info("checkpoint %s", self.last_state)
+
+
+def _rng_state(trainer: Trainer) -> dict[str, Tensor]:
+    rng = {"cpu": torch.get_rng_state()}
+    if trainer.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(trainer.device).cpu()
+    return rng
+
+
+def _restore_rank_rng(state: dict[str, Any], trainer: Trainer) -> None:
+    by_rank = state.get("rng_by_rank") or []
+    if trainer.info.world_size == len(by_rank) and trainer.info.world_size > 1:
+        rng = by_rank[trainer.info.rank]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and trainer.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], trainer.device)
+
+
+def train(
+    cfg: TrainConfig,
+    runs_root: Path,
+    resume: str | None = None,
+    progress: ProgressFn | None = None,
+    vgg_download: bool = False,
+) -> TrainResult:
+    """Train (or resume) one run under `runs_root`; every rank of a torchrun job calls this."""
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, runs_root, resume, progress, vgg_download, info)
+    finally:
+        shutdown_distributed(info)
+
+
+def _train(
+    cfg: TrainConfig,
+    runs_root: Path,
+    resume: str | None,
+    progress: ProgressFn | None,
+    vgg_download: bool,
+    info: DistInfo,
+) -> TrainResult:
+    snapshot = load_snapshot(Path(cfg.data))
+    manifest_sha256 = snapshot.manifest_sha256
+    decision = None
+    if info.is_main:
+        description = f"{snapshot.name}-{cfg.variant}".replace("/", "_")
+        decision = _resolve_run(cfg, runs_root, resume, description)
+    run_dir, cfg, state_file = broadcast_object(decision, info)
+    device = select_device(cfg.device, info)
+    configure_backends(cfg, device)
+
+    train_records = snapshot.split("train")
+    images, labels = decode_records(snapshot, train_records, cfg.image_size)
+    storage = device if fits_on_device(images.numel(), device) else torch.device("cpu")
+    batches = FaceBatches(
+        images, labels, len(snapshot.classes), device, cfg.balanced, cfg.channels_last, storage
+    )
+    fixed_records = snapshot.split("test") or train_records
+    fixed_images, fixed_labels = decode_records(snapshot, fixed_records, cfg.image_size)
+    picks = fixed_sample_indices(fixed_labels, cfg.sample_count, len(snapshot.classes))
+    fixed_inputs = to_model_input(fixed_images[picks], channels_last=False).to(device)
+
+    trainer = Trainer(cfg, batches, device, info, _load_vgg(cfg, vgg_download))
+    if state_file is not None:
+        state = ckpt.load_training_state(state_file)
+        if state.get("manifest_sha256") != manifest_sha256:
+            raise AnimexprError(f"{state_file} was trained on another snapshot than {cfg.data}")
+        trainer.load_state_dict(state)
+        _restore_rank_rng(state, trainer)
+        log.info("resumed %s at iteration %d", run_dir, trainer.iteration)
+    if info.is_main:
+        counts = trainer.parameter_counts()
+        log.info(
+            "%s: %d training images, %d classes, parameters %s, device %s, %s%s",
+            cfg.variant,
+            len(batches),
+            batches.num_classes,
+            ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+            device,
+            cfg.precision,
+            ", CUDA graphs" if trainer.use_graphs else "",
+        )
+    trainer.prepare()
+    writer = (
+        _RunWriter(run_dir, trainer, fixed_inputs, manifest_sha256, list(snapshot.classes))
+        if info.is_main
+        else None
+    )
+    interrupted = _loop(trainer, writer, progress)
+    return TrainResult(
+        run_dir,
+        trainer.iteration,
+        writer.last_state if writer else None,
+        writer.last_generator if writer else None,
+        interrupted,
+    )
+
+
+def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | None) -> bool:
+    """Iterate to cfg.iters; returns True when stopped by Ctrl-C (after writing a checkpoint)."""
+    cfg, info, device = trainer.cfg, trainer.info, trainer.device
+    window_start = time.perf_counter()
+    window_iterations = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with _StopRequest() as stop:
+        while trainer.iteration < cfg.iters:
+            trainer.run_iteration()
+            window_iterations += 1
+            it = trainer.iteration
+            at_log = it % cfg.log_every == 0
+            at_ckpt = it % cfg.ckpt_every == 0 or it == cfg.iters
+            # Under DDP every rank must stop at the same iteration: agree on it at the log points.
+            stopping = any_rank(stop.requested, info, device) if (at_log or not info.enabled) else False
+            stats = None
+            if at_log or at_ckpt or stopping:
+                stats = _checked_stats(trainer, writer)  # NaN/inf stops here, before any checkpoint
+                elapsed = time.perf_counter() - window_start
+                stats |= _timing(trainer, elapsed, window_iterations)
+                window_start, window_iterations = time.perf_counter(), 0
+                if writer is not None:
+                    writer.append_stats({"iteration": it, "kimg": it * cfg.batch / 1000, **stats})
+                    log.debug("iteration %d %s", it, stats)
+            if writer is not None and (it % cfg.sample_every == 0 or it == cfg.iters):
+                writer.save_samples()
+            if at_ckpt or stopping:
+                rng = gather_objects(_rng_state(trainer), info)
+                if writer is not None:
+                    writer.save_checkpoint(rng)
+            if progress is not None and info.is_main:
+                progress(it, cfg.iters, stats)
+            if stopping:
+                return True
+    return False
+
+
+def _checked_stats(trainer: Trainer, writer: _RunWriter | None) -> dict[str, float]:
+    try:
+        return trainer.flush_stats()
+    except NonFiniteLossError as exc:
+        last = writer.last_state if writer else None
+        if writer is not None and last is None and ckpt.training_states(writer.run_dir):
+            last = ckpt.training_states(writer.run_dir)[-1][1]
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"training stopped: {exc}; {where} (try a lower --lr)") from exc
+
+
+def _timing(trainer: Trainer, elapsed: float, iterations: int) -> dict[str, float]:
+    cfg = trainer.cfg
+    ms_per_iter = 1000 * elapsed / max(iterations, 1)
+    timing = {
+        "lr": learning_rate(cfg, trainer.iteration - 1),
+        "ms_per_iter": ms_per_iter,
+        "images_per_s": cfg.batch * 1000 / ms_per_iter if ms_per_iter > 0 else 0.0,
+    }
+    if trainer.device.type == "cuda":
+        timing["peak_mem_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
+    return timing
+
+
+def config_for_run(data: Path, **overrides: Any) -> TrainConfig:
+    """A TrainConfig for a snapshot folder, with any fields overridden (the CLI and tests use this)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise AnimexprError(f"unknown training setting {sorted(unknown)[0]!r}")
+    return TrainConfig(data=str(data.resolve()), **overrides)

@@ -1,0 +1,153 @@
+"""VGG19 feature extractor for the contextual loss, defined here so that torchvision is not needed.
+
+The layer indices match torchvision's `vgg19().features`, so its state dict (`vgg19-dcbb9e9d.pth`) loads
+as it is.
+Weights are found, in order: an explicit file, $ANIMEXPR_VGG19, the user cache, torch hub's cache, then (only
+when asked) a download of the pinned URL, accepted only if its sha256 matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.request
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from animexpr.errors import AnimexprError
+from animexpr.store import atomic_write_bytes, sha256_file
+
+log = logging.getLogger(__name__)
+
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
+VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
+VGG19_SHA256 = "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44"
+VGG19_SIZE = 574_673_361
+
+# torchvision's configuration "E"; "M" is a 2x2 max pool.
+_VGG19_LAYOUT: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+)  # fmt: skip
+# Index of each ReLU in `features` (relu4_2 = 22 ends `features[:23]`).
+RELU_INDEX = {"relu1_2": 3, "relu2_2": 8, "relu3_2": 13, "relu3_4": 17, "relu4_2": 22, "relu4_4": 26}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsMissingError(AnimexprError):
+    pass
+
+
+def _vgg19_layers(last_index: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for item in _VGG19_LAYOUT:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            assert isinstance(item, int)
+            # inplace=False: an in-place ReLU would overwrite a tapped conv output.
+            layers += [nn.Conv2d(in_channels, item, 3, padding=1), nn.ReLU(inplace=False)]
+            in_channels = item
+    return nn.Sequential(*layers[: last_index + 1])
+
+
+class VGG19Features(nn.Module):
+    """Frozen VGG19 up to one ReLU layer; takes images in [-1, 1] and normalises them as ImageNet expects."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, layer: str = "relu4_2") -> None:
+        super().__init__()
+        if layer not in RELU_INDEX:
+            raise ValueError(f"unknown VGG19 layer {layer!r}; known: {', '.join(RELU_INDEX)}")
+        self.layer = layer
+        self.features = _vgg19_layers(RELU_INDEX[layer])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = ((x + 1) / 2 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return self.features(x)
+
+    def load_torchvision_state_dict(self, state_dict: dict[str, Tensor]) -> None:
+        """Load the `features.*` tensors this truncated network has; the classifier is not needed."""
+        wanted = {k: v for k, v in state_dict.items() if k.startswith("features.")}
+        own = self.state_dict()
+        missing = sorted(set(own) - set(wanted))
+        if missing:
+            raise WeightsMissingError(
+                f"the VGG19 weights lack {missing[0]}: not a torchvision vgg19 state dict"
+            )
+        self.load_state_dict({k: wanted[k] for k in own})
+
+
+def default_cache_dirs() -> list[Path]:
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    torch_home = Path(os.environ.get("TORCH_HOME", xdg / "torch"))
+    return [xdg / "animexpr", torch_home / "hub" / "checkpoints"]
+
+
+def resolve_vgg19_weights(explicit: str | Path | None = None, download: bool = False) -> Path:
+    """Find the torchvision VGG19 weights file; download it (checked) only when `download` is True."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise WeightsMissingError(f"VGG19 weights file not found: {path}")
+        return path
+    if os.environ.get("ANIMEXPR_VGG19"):
+        return resolve_vgg19_weights(os.environ["ANIMEXPR_VGG19"])
+    for folder in default_cache_dirs():
+        if (folder / VGG19_FILE).is_file():
+            return folder / VGG19_FILE
+    if not download:
+        raise WeightsMissingError(
+            "the contextual loss needs ImageNet VGG19 weights: pass --vgg-weights PATH to torchvision's "
+            f"{VGG19_FILE}, set ANIMEXPR_VGG19, put it in {default_cache_dirs()[0]}, or pass --vgg-download "
+            f"to fetch {VGG19_URL} (checked by sha256). --vgg-random trains with random weights (tests only)."
+        )
+    return download_vgg19(default_cache_dirs()[0] / VGG19_FILE)
+
+
+def download_vgg19(target: Path) -> Path:
+    """Download the pinned file, check its sha256 and only then put it in place."""
+    log.info("downloading %s (%.0f MB)", VGG19_URL, VGG19_SIZE / 1e6)
+    digest = hashlib.sha256()
+    chunks = []
+    with urllib.request.urlopen(VGG19_URL, timeout=60) as response:  # a fixed https URL
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            chunks.append(chunk)
+    if digest.hexdigest() != VGG19_SHA256:
+        raise WeightsMissingError(
+            f"downloaded {VGG19_URL} but its sha256 is {digest.hexdigest()}, not the pinned one"
+        )
+    atomic_write_bytes(target, b"".join(chunks))
+    return target
+
+
+def load_vgg19_features(
+    layer: str = "relu4_2",
+    weights: str | Path | None = None,
+    random_weights: bool = False,
+    download: bool = False,
+    verify: bool = True,
+) -> VGG19Features:
+    """The frozen feature extractor, with ImageNet weights unless `random_weights` (tests, speed runs)."""
+    model = VGG19Features(layer)
+    if random_weights:
+        log.warning("VGG19 has RANDOM weights: the contextual loss is not the paper's (fine for tests)")
+        return model
+    path = resolve_vgg19_weights(weights, download=download)
+    if verify and path.stat().st_size == VGG19_SIZE and sha256_file(path) != VGG19_SHA256:
+        raise WeightsMissingError(f"{path} has the size of {VGG19_FILE} but not its sha256: a damaged copy?")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_torchvision_state_dict(state)
+    log.info("VGG19 weights from %s", path)
+    return model
