@@ -1,0 +1,623 @@
+"""The crop stage: faces out of downloaded posts, as square PNG crops waiting for review.
+
+Geometry (pure functions, in the original's pixels):
+- the detector's box is enlarged by `margin` of its side on every side (default 0.25, so the square is 1.5x
+  the box: LBP boxes run from the brows to the mouth; 1.5x holds the whole face, hair line and chin),
+- made square around the box centre, shifted to stay inside the image, and padded (white) only where the image
+  is smaller than the square,
+- resized to `size` (area interpolation down, cubic up).
+
+Faces whose crop would be upscaled more than 2x are skipped (`--min-face`). Very large images are searched on
+a reduced copy and the boxes mapped back. The label belongs to the post, not to a face, so with several faces
+the policy (`FacePolicy`) decides, and each crop records the policy and how many faces were found.
+
+Work is spread over processes: each worker decodes, detects, crops, encodes and stores the PNG (the store's
+writes are atomic and content-addressed, so workers never collide); the parent alone writes database rows, in
+small batches, each committed after its files exist. Ctrl-C commits what is finished and stops.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import cv2
+import numpy as np
+from sqlalchemy import Engine, exists, select
+from sqlalchemy.exc import IntegrityError
+
+from animexpr.curate.detect import (
+    CASCADE_WINDOW_PX,
+    DETECTORS,
+    Detection,
+    DetectorError,
+    DetectorSpec,
+    FaceDetector,
+    build_detector,
+    resolve_cascade,
+)
+from animexpr.db.models import Crop, CropAttempt, CropState, Post, PostState
+from animexpr.db.session import session_scope
+from animexpr.images import DEFAULT_MAX_PIXELS, MISSING_FILE, ImageDecodeError, decode_image, encode_png
+from animexpr.store import FileStore
+
+log = logging.getLogger(__name__)
+
+# Bump when the same settings would now give other pixels: the settings key changes, posts are cropped anew.
+CROP_ALGORITHM_VERSION: Final = 1
+DEFAULT_MARGIN: Final = 0.25
+DEFAULT_SIZE: Final = 128
+MAX_UPSCALE: Final = 2.0
+# With several faces, the largest is "dominant" when its side is at least twice the next one's (4x the area).
+DEFAULT_DOMINANCE: Final = 2.0
+# Images over 3072 x 3072 pixels are searched on a copy reduced to this many pixels (detection time grows
+# with the pixel count: about 2 s for 9.4 MP at minSize 24 on one core of the build machine).
+DEFAULT_DETECT_MAX_PIXELS: Final = 3072 * 3072
+PAD_VALUE: Final = (255, 255, 255)
+_FLUSH_EVERY: Final = 32
+_FLUSH_SECONDS: Final = 2.0
+
+
+class FacePolicy(StrEnum):
+    """What to crop when a post has more than one face (the post's class labels every crop)."""
+
+    SKIP = "skip"  # crop nothing: outcome several_faces
+    LARGEST_IF_DOMINANT = "largest-if-dominant"  # the largest face when it dominates, else as skip
+    LARGEST = "largest"  # always the largest face
+    ALL = "all"  # every face, all with the post's label (the reviewer relabels or rejects)
+
+
+class CropOutcome(StrEnum):
+    """A post's crop attempt: cropped, or why not (image decoding reasons come from animexpr.images)."""
+
+    CROPPED = "cropped"
+    NO_FACE = "no_face"
+    SEVERAL_FACES = "several_faces"
+    FACE_TOO_SMALL = "face_too_small"
+    GREYSCALE = "greyscale"
+    NO_LABEL = "no_label"
+
+
+# Pure geometry ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Square:
+    """A square in the original's pixels; it may reach outside the image where the image is too small."""
+
+    x: int
+    y: int
+    side: int
+
+
+def default_min_face(size: int, margin: float) -> int:
+    """The smallest face box whose crop needs at most 2x upscaling to reach `size`."""
+    return math.ceil(size / (MAX_UPSCALE * (1 + 2 * margin)))
+
+
+def crop_side(box: Detection, margin: float) -> int:
+    return max(1, round(box.side * (1 + 2 * margin)))
+
+
+def place_span(centre: float, side: int, extent: int) -> int:
+    """Start of a span of length `side` centred on `centre`, shifted to lie inside [0, extent).
+
+    When `side` exceeds `extent` the span covers the whole extent (padding on both sides as needed).
+    """
+    start = round(centre - side / 2)
+    low, high = min(0, extent - side), max(0, extent - side)
+    return min(max(start, low), high)
+
+
+def crop_square(box: Detection, margin: float, width: int, height: int) -> Square:
+    side = crop_side(box, margin)
+    x = place_span(box.x + box.w / 2, side, width)
+    y = place_span(box.y + box.h / 2, side, height)
+    return Square(x, y, side)
+
+
+def cut_square(rgb: np.ndarray, square: Square) -> np.ndarray:
+    """The square's pixels, padded with white where it reaches outside the image."""
+    height, width = rgb.shape[:2]
+    x0, y0 = max(square.x, 0), max(square.y, 0)
+    x1, y1 = min(square.x + square.side, width), min(square.y + square.side, height)
+    inside = rgb[y0:y1, x0:x1]
+    pads = (y0 - square.y, square.y + square.side - y1, x0 - square.x, square.x + square.side - x1)
+    if not any(pads):
+        return inside
+    return cv2.copyMakeBorder(inside, *pads, borderType=cv2.BORDER_CONSTANT, value=PAD_VALUE)
+
+
+def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    side = pixels.shape[0]
+    if side == size:
+        return np.ascontiguousarray(pixels)
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(pixels, (size, size), interpolation=interpolation)
+
+
+def detection_scale(width: int, height: int, max_pixels: int, min_face: int) -> float:
+    """The factor (<= 1) for the copy the detector searches.
+
+    Large images are reduced to `max_pixels`, but never so far that a face of `min_face` pixels falls below
+    the cascade's 24-pixel window.
+    """
+    pixels = width * height
+    if pixels <= max_pixels:
+        return 1.0
+    return min(1.0, max(math.sqrt(max_pixels / pixels), CASCADE_WINDOW_PX / max(min_face, 1)))
+
+
+def map_box_back(box: Detection, scale: float, width: int, height: int) -> Detection:
+    """A box found on a copy reduced by `scale`, in the original's pixels (clipped to the image)."""
+    if scale == 1.0:
+        return box
+    x, y = round(box.x / scale), round(box.y / scale)
+    w, h = round(box.w / scale), round(box.h / scale)
+    x, y = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+    return Detection(x, y, min(w, width - x), min(h, height - y), box.score)
+
+
+def choose_faces(
+    faces: Sequence[Detection], policy: FacePolicy, dominance: float = DEFAULT_DOMINANCE
+) -> list[tuple[int, Detection]]:
+    """(face index, face) to crop; an empty list with faces present means the policy declined (several_faces).
+
+    Faces are indexed in reading order (top to bottom, left to right) so that indices are stable.
+    """
+    ordered = sorted(faces, key=lambda f: (f.y, f.x, -f.side))
+    if len(ordered) <= 1 or policy is FacePolicy.ALL:
+        return list(enumerate(ordered))
+    if policy is FacePolicy.SKIP:
+        return []
+    by_size = sorted(range(len(ordered)), key=lambda i: (-ordered[i].side, i))
+    largest, runner_up = ordered[by_size[0]], ordered[by_size[1]]
+    if policy is FacePolicy.LARGEST_IF_DOMINANT and largest.side < dominance * runner_up.side:
+        return []
+    return [(by_size[0], largest)]
+
+
+# Settings -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    detector: DetectorSpec = field(default_factory=DetectorSpec)
+    margin: float = DEFAULT_MARGIN
+    size: int = DEFAULT_SIZE
+    min_face: int | None = None  # None: default_min_face(size, margin)
+    faces: FacePolicy = FacePolicy.LARGEST_IF_DOMINANT
+    dominance: float = DEFAULT_DOMINANCE
+    keep_greyscale: bool = False
+    detect_max_pixels: int = DEFAULT_DETECT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.margin <= 2:
+            raise ValueError(f"margin {self.margin} is outside 0..2")
+        if self.size < 8:
+            raise ValueError(f"size {self.size} is too small")
+        if self.dominance < 1:
+            raise ValueError("dominance must be at least 1")
+
+    @property
+    def effective_min_face(self) -> int:
+        return self.min_face if self.min_face is not None else default_min_face(self.size, self.margin)
+
+    def key_settings(self) -> dict[str, Any]:
+        """Everything that decides which crops come out, and their pixels (stored with each crop)."""
+        return {
+            **self.detector.key_settings(),
+            "margin": self.margin,
+            "size": self.size,
+            "min_face": self.effective_min_face,
+            "faces": str(self.faces),
+            "dominance": self.dominance,
+            "keep_greyscale": self.keep_greyscale,
+            "detect_max_pixels": self.detect_max_pixels,
+            "max_pixels": self.max_pixels,
+            "pad": "white",
+            "algorithm": CROP_ALGORITHM_VERSION,
+        }
+
+    @property
+    def settings_key(self) -> str:
+        canonical = json.dumps(self.key_settings(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def make_detector_spec(
+    detector: str = "lbp",
+    *,
+    scale_factor: float = 1.1,
+    min_neighbors: int = 5,
+    min_size: int = CASCADE_WINDOW_PX,
+    cascade: Path | str | None = None,
+    download: bool = True,
+) -> DetectorSpec:
+    """A detector spec with its cascade resolved, checked by building the detector once here.
+
+    Raises `DetectorError` with what to do, before any work starts.
+    """
+    if detector not in DETECTORS:
+        raise DetectorError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    if min_size < CASCADE_WINDOW_PX and detector == "lbp":
+        raise DetectorError(
+            f"--min-size {min_size}: the cascade cannot see faces under {CASCADE_WINDOW_PX} px"
+        )
+    spec = DetectorSpec(
+        name=detector, scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size
+    )
+    if detector == "lbp":
+        resolved = resolve_cascade(cascade, download=download)
+        spec = DetectorSpec(
+            name=detector,
+            scale_factor=scale_factor,
+            min_neighbors=min_neighbors,
+            min_size=min_size,
+            cascade_path=str(resolved.path),
+            cascade_sha256=resolved.sha256,
+        )
+    build_detector(spec)
+    return spec
+
+
+# One post: what a worker does -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropJob:
+    post_id: int
+    path: str
+    label: str | None
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    face_index: int
+    box: Detection  # the detector's box, original pixels
+    square: Square
+    sha256: str
+    relpath: str
+
+
+@dataclass(frozen=True)
+class CropResult:
+    post_id: int
+    label: str | None
+    outcome: str
+    detail: str | None = None
+    faces_found: int = 0
+    crops: tuple[FaceCrop, ...] = ()
+    detect_s: float = 0.0  # time spent in the detector itself
+
+
+class PostCropper:
+    """Decode, detect, crop, encode and store for one post at a time (one per worker process)."""
+
+    def __init__(self, settings: CropSettings, store: FileStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.detector: FaceDetector = build_detector(settings.detector)
+
+    def crop(self, job: CropJob) -> CropResult:
+        if job.label is None:
+            return CropResult(job.post_id, None, CropOutcome.NO_LABEL, "the post has no class")
+        try:
+            image = decode_image(job.path, max_pixels=self.settings.max_pixels)
+        except ImageDecodeError as exc:
+            return CropResult(job.post_id, job.label, exc.reason, exc.detail)
+        if not self.settings.keep_greyscale and image.is_greyscale():
+            return CropResult(job.post_id, job.label, CropOutcome.GREYSCALE, f"{image.mode} {image.format}")
+        started = time.perf_counter()
+        faces = self.detect(image.rgb)
+        detect_s = time.perf_counter() - started
+        chosen = choose_faces(faces, self.settings.faces, self.settings.dominance)
+        if not faces:
+            return CropResult(job.post_id, job.label, CropOutcome.NO_FACE, None, 0, (), detect_s)
+        if not chosen:
+            sides = ", ".join(str(f.side) for f in sorted(faces, key=lambda f: -f.side))
+            detail = f"{len(faces)} faces (sides {sides} px), policy {self.settings.faces}"
+            return CropResult(
+                job.post_id, job.label, CropOutcome.SEVERAL_FACES, detail, len(faces), (), detect_s
+            )
+        min_face = self.settings.effective_min_face
+        crops = tuple(self._store_crop(image.rgb, i, face) for i, face in chosen if face.side >= min_face)
+        if not crops:
+            largest = max(face.side for _, face in chosen)
+            detail = f"largest face {largest} px < --min-face {min_face} px"
+            return CropResult(
+                job.post_id, job.label, CropOutcome.FACE_TOO_SMALL, detail, len(faces), (), detect_s
+            )
+        skipped = len(chosen) - len(crops)
+        note = f"{skipped} faces under {min_face} px skipped" if skipped else None
+        return CropResult(job.post_id, job.label, CropOutcome.CROPPED, note, len(faces), crops, detect_s)
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        """Faces in the original's pixels, searched on a reduced copy when the image is very large."""
+        height, width = rgb.shape[:2]
+        settings = self.settings
+        scale = detection_scale(width, height, settings.detect_max_pixels, settings.effective_min_face)
+        if scale == 1.0:
+            return self.detector.detect(rgb, settings.detector.min_size)
+        reduced_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        reduced = cv2.resize(rgb, reduced_size, interpolation=cv2.INTER_AREA)
+        min_size = max(CASCADE_WINDOW_PX, round(settings.detector.min_size * scale))
+        return [map_box_back(box, scale, width, height) for box in self.detector.detect(reduced, min_size)]
+
+    def _store_crop(self, rgb: np.ndarray, face_index: int, face: Detection) -> FaceCrop:
+        height, width = rgb.shape[:2]
+        square = crop_square(face, self.settings.margin, width, height)
+        pixels = resize_square(cut_square(rgb, square), self.settings.size)
+        stored = self.store.put_bytes("crops", encode_png(pixels), "png")
+        return FaceCrop(face_index, face, square, stored.sha256, stored.relpath)
+
+
+# Worker processes ------------------------------------------------------------------------------------------
+
+_worker: PostCropper | None = None
+
+
+def _init_worker(settings: CropSettings, home: str, opencv_threads: int) -> None:
+    global _worker
+    # Ctrl-C reaches the whole process group: the parent decides, workers finish the post in hand.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(opencv_threads)
+    _worker = PostCropper(settings, FileStore(Path(home)))
+
+
+def _crop_in_worker(job: CropJob) -> CropResult:
+    assert _worker is not None, "the pool initializer builds the worker's cropper"
+    return _worker.crop(job)
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # fork starts a worker in milliseconds (nothing to import again); the pool is started before any progress
+    # thread, and workers touch neither the database nor the console.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _iter_results_pooled(
+    jobs: Sequence[CropJob], settings: CropSettings, home: Path, workers: int, on_started: Callable[[], None]
+) -> Generator[CropResult, None, None]:
+    """Results in completion order; at most 2 jobs per worker in flight, so Ctrl-C wastes little."""
+    pool = cf.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_pool_context(),
+        initializer=_init_worker,
+        initargs=(settings, str(home), 1),
+    )
+    pending: set[cf.Future[CropResult]] = set()
+    queue = iter(jobs)
+    try:
+        for job in queue:
+            pending.add(pool.submit(_crop_in_worker, job))
+            if len(pending) >= 2 * workers:
+                break
+        on_started()
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+                next_job = next(queue, None)
+                if next_job is not None:
+                    pending.add(pool.submit(_crop_in_worker, next_job))
+    except GeneratorExit:
+        raise  # the caller stopped reading: nothing more to hand over
+    except BaseException:
+        # Interrupted (or a worker failed): keep what the workers already finished, drop the rest.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                yield future.result()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _iter_results_inline(
+    jobs: Sequence[CropJob], settings: CropSettings, store: FileStore, on_started: Callable[[], None]
+) -> Generator[CropResult, None, None]:
+    cropper = PostCropper(settings, store)
+    on_started()
+    for job in jobs:
+        yield cropper.crop(job)
+
+
+# The stage ------------------------------------------------------------------------------------------------
+
+
+class CropProgress(Protocol):
+    def start(self, total: int) -> None: ...
+
+    def advance(self, result: CropResult) -> None: ...
+
+
+@dataclass
+class CropSummary:
+    settings_key: str
+    total: int = 0  # posts to crop in this run
+    done: int = 0  # posts whose outcome was recorded
+    crops: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    detect_s: float = 0.0  # summed over posts (over workers when parallel)
+
+
+def pending_jobs(
+    engine: Engine, store: FileStore, settings_key: str, limit: int | None = None
+) -> list[CropJob]:
+    """Downloaded posts not yet cropped with these settings, oldest first."""
+    attempted = exists().where(CropAttempt.post_id == Post.id, CropAttempt.settings_key == settings_key)
+    query = (
+        select(Post.id, Post.file_relpath, Post.class_name)
+        .where(Post.state == PostState.DOWNLOADED, Post.file_relpath.is_not(None), ~attempted)
+        .order_by(Post.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with session_scope(engine) as session:
+        rows = session.execute(query).all()
+    return [
+        CropJob(post_id, str(store.abspath(relpath)), label) for post_id, relpath, label in rows if relpath
+    ]
+
+
+def crop_posts(
+    engine: Engine,
+    store: FileStore,
+    settings: CropSettings,
+    *,
+    workers: int | None = None,
+    limit: int | None = None,
+    progress: CropProgress | None = None,
+) -> CropSummary:
+    """Crop every downloaded post not yet cropped with these settings; returns the counts.
+
+    Ctrl-C (KeyboardInterrupt) commits what is finished and returns with `interrupted` set.
+    """
+    started = time.perf_counter()
+    key = settings.settings_key
+    jobs = pending_jobs(engine, store, key, limit)
+    summary = CropSummary(settings_key=key, total=len(jobs))
+    workers = max(1, min(workers or default_workers(), len(jobs) or 1))
+
+    def on_started() -> None:
+        if progress is not None:
+            progress.start(len(jobs))
+
+    if workers == 1:
+        results = _iter_results_inline(jobs, settings, store, on_started)
+    else:
+        results = _iter_results_pooled(jobs, settings, store.home, workers, on_started)
+    writer = _ResultWriter(engine, settings)
+    try:
+        for result in results:
+            summary.outcomes[result.outcome] += 1
+            summary.detect_s += result.detect_s
+            writer.add(result)
+            if progress is not None:
+                progress.advance(result)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        log.warning("interrupted: keeping the %d posts already cropped", writer.written + len(writer.buffer))
+    finally:
+        results.close()  # stops the pool when the loop above ended early
+        writer.flush()
+        summary.done = writer.written
+        summary.crops = writer.crops_written
+        summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+class _ResultWriter:
+    """Database rows for finished posts, committed in small batches (the files are already stored)."""
+
+    def __init__(self, engine: Engine, settings: CropSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.key = settings.settings_key
+        self.key_settings = settings.key_settings()
+        self.buffer: list[CropResult] = []
+        self.last_flush = time.monotonic()
+        self.written = 0
+        self.crops_written = 0
+
+    def add(self, result: CropResult) -> None:
+        if result.outcome == MISSING_FILE:
+            # Not recorded: a missing original is the store's problem, and a later run should try again.
+            log.warning("post %d: %s", result.post_id, result.detail)
+            return
+        self.buffer.append(result)
+        if len(self.buffer) >= _FLUSH_EVERY or time.monotonic() - self.last_flush > _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.buffer = self.buffer, []
+        self.last_flush = time.monotonic()
+        if not batch:
+            return
+        try:
+            with session_scope(self.engine) as session:
+                session.add_all(row for result in batch for row in self._rows(result))
+            self._count(batch)
+        except IntegrityError:
+            # Another crop run recorded some of these posts meanwhile: write the others one by one.
+            for result in batch:
+                try:
+                    with session_scope(self.engine) as session:
+                        session.add_all(self._rows(result))
+                    self._count([result])
+                except IntegrityError:
+                    log.info("post %d was cropped by another run with the same settings", result.post_id)
+
+    def _count(self, results: list[CropResult]) -> None:
+        self.written += len(results)
+        self.crops_written += sum(len(r.crops) for r in results)
+
+    def _rows(self, result: CropResult) -> list[Any]:
+        rows: list[Any] = [
+            CropAttempt(
+                post_id=result.post_id,
+                settings_key=self.key,
+                outcome=result.outcome,
+                detail=result.detail,
+                faces_found=result.faces_found,
+            )
+        ]
+        for crop in result.crops:
+            rows.append(
+                Crop(
+                    post_id=result.post_id,
+                    sha256=crop.sha256,
+                    file_relpath=crop.relpath,
+                    size_px=self.settings.size,
+                    box_x=crop.box.x,
+                    box_y=crop.box.y,
+                    box_w=crop.box.w,
+                    box_h=crop.box.h,
+                    crop_x=crop.square.x,
+                    crop_y=crop.square.y,
+                    crop_size=crop.square.side,
+                    detector=self.settings.detector.name,
+                    detector_settings=self.key_settings,
+                    settings_key=self.key,
+                    detections_count=result.faces_found,
+                    face_index=crop.face_index,
+                    faces_policy=str(self.settings.faces),
+                    detection_score=crop.box.score,
+                    label=result.label,
+                    state=CropState.PENDING,
+                )
+            )
+        return rows
+
+
+def describe_settings(settings: CropSettings) -> dict[str, Any]:
+    """The settings as plain values, for printing."""
+    values = asdict(settings)
+    values["min_face"] = settings.effective_min_face
+    values["faces"] = str(settings.faces)
+    return values

@@ -1,0 +1,148 @@
+"""`animexpr crop`: faces out of the downloaded posts, waiting for review."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from animexpr.cli_common import console, get_state
+from animexpr.curate.crop import (
+    DEFAULT_MARGIN,
+    DEFAULT_SIZE,
+    CropOutcome,
+    CropResult,
+    CropSettings,
+    CropSummary,
+    FacePolicy,
+    crop_posts,
+    default_min_face,
+    make_detector_spec,
+)
+from animexpr.curate.detect import CASCADE_ENV
+
+
+class _RichCropProgress:
+    """A progress bar that starts only once the workers are running (they are forked before its thread)."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("cropping"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[crops]} crops"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.bar.add_task("crop", total=None, crops=0)
+        self.crops = 0
+
+    def start(self, total: int) -> None:
+        self.bar.update(self.task, total=total)
+        self.bar.start()
+
+    def advance(self, result: CropResult) -> None:
+        self.crops += len(result.crops)
+        self.bar.update(self.task, advance=1, crops=self.crops)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def crop(
+    ctx: typer.Context,
+    detector: Annotated[
+        str, typer.Option(help="lbp (OpenCV cascade) or animeface (optional extra).")
+    ] = "lbp",
+    scale_factor: Annotated[float, typer.Option(help="Detector pyramid step (detectMultiScale).")] = 1.1,
+    min_neighbors: Annotated[int, typer.Option(help="Overlapping hits a face needs (detectMultiScale).")] = 5,
+    min_size: Annotated[int, typer.Option(help="Smallest face the detector looks for, in pixels.")] = 24,
+    margin: Annotated[
+        float, typer.Option(help="Added around the face box on each side, as a share of its side.")
+    ] = DEFAULT_MARGIN,
+    size: Annotated[int, typer.Option(help="Side of the square crops, in pixels.")] = DEFAULT_SIZE,
+    min_face: Annotated[
+        int | None,
+        typer.Option(
+            help="Skip faces smaller than this (px) [default: the smallest whose crop needs at most 2x "
+            "upscaling, "
+            f"{default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)} at the default size and margin]",
+            show_default=False,
+        ),
+    ] = None,
+    faces: Annotated[
+        FacePolicy,
+        typer.Option(
+            help="Posts with several faces: skip them, crop the largest if it is at least twice the next "
+            "(largest-if-dominant), always the largest, or all (each labelled with the post's class)."
+        ),
+    ] = FacePolicy.LARGEST_IF_DOMINANT,
+    keep_greyscale: Annotated[bool, typer.Option(help="Crop greyscale pictures too.")] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes [default: all cores]", show_default=False)
+    ] = None,
+    cascade: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"The lbpcascade_animeface.xml to use [env: {CASCADE_ENV}; default: user cache, "
+            "else download]",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Crop at most this many posts (to try settings).", show_default=False)
+    ] = None,
+) -> None:
+    """Detect anime faces in the downloaded posts and store square crops for review (state pending).
+
+    Posts already cropped with the same detector and settings are left alone, so running it again finishes
+    an interrupted run.
+    """
+    state = get_state(ctx)
+    spec = make_detector_spec(
+        detector, scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size, cascade=cascade
+    )
+    try:
+        settings = CropSettings(
+            detector=spec,
+            margin=margin,
+            size=size,
+            min_face=min_face,
+            faces=faces,
+            keep_greyscale=keep_greyscale,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    progress = _RichCropProgress()
+    try:
+        summary = crop_posts(
+            state.engine, state.store, settings, workers=workers, limit=limit, progress=progress
+        )
+    finally:
+        progress.stop()
+    _print_summary(summary)
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+def _print_summary(summary: CropSummary) -> None:
+    cropped = summary.outcomes.get(CropOutcome.CROPPED, 0)
+    others = ", ".join(
+        f"{outcome} {count}"
+        for outcome, count in sorted(summary.outcomes.items())
+        if outcome != CropOutcome.CROPPED
+    )
+    rate = summary.done / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    head = "interrupted: kept" if summary.interrupted else "cropped"
+    console.print(
+        f"{head} {summary.done} of {summary.total} posts in {summary.elapsed_s:.1f} s ({rate:.1f} posts/s): "
+        f"{summary.crops} crops from {cropped} posts" + (f"; no crop: {others}" if others else ""),
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(crop)
