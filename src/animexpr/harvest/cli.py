@@ -1,0 +1,184 @@
+"""`animexpr harvest`: options, a progress display per class, and the summary by reason."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from animexpr.cli_common import console, err_console, get_settings, get_state
+from animexpr.harvest.client import ClientPolicy, DanbooruClient, credentials_from
+from animexpr.harvest.crawl import ClassTally, CrawlSummary, crawl
+from animexpr.harvest.policy import DEFAULT_EXCLUDED_TAGS, HarvestOptions, Variant, parse_ratings
+
+DEFAULT_API_URL = "https://danbooru.donmai.us"
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="harvest")(harvest)
+
+
+def harvest(
+    ctx: typer.Context,
+    class_names: Annotated[
+        list[str] | None,
+        typer.Option("--class", help="Crawl only this class (repeat for several); default: all classes."),
+    ] = None,
+    per_class: Annotated[
+        int,
+        typer.Option(min=0, help="Downloaded posts wanted per class in the store (reruns finish the rest)."),
+    ] = 1000,
+    rating: Annotated[str, typer.Option(help="Ratings to keep: letters of g,s,q,e, or 'all'.")] = "g,s",
+    api_url: Annotated[
+        str, typer.Option(envvar="DANBOORU_API_URL", help="Danbooru (or compatible) site.")
+    ] = (DEFAULT_API_URL),
+    login: Annotated[
+        str | None, typer.Option(envvar="DANBOORU_LOGIN", help="Danbooru login name.", show_default=False)
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="DANBOORU_API_KEY", help="Danbooru API key.", show_default=False)
+    ] = None,
+    rate: Annotated[float, typer.Option(min=0.01, help="API requests per second at most.")] = 1.0,
+    download_rate: Annotated[
+        float, typer.Option(min=0.01, help="File downloads started per second at most.")
+    ] = 2.0,
+    downloads: Annotated[int, typer.Option(min=1, max=16, help="Files downloaded at the same time.")] = 4,
+    variant: Annotated[
+        str, typer.Option(help="'original' (md5-checked) or 'sample' (Danbooru's 850 px JPEG when larger).")
+    ] = "original",
+    exclude_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-tag", help=f"Skip posts with this tag, besides {', '.join(DEFAULT_EXCLUDED_TAGS)}."
+        ),
+    ] = None,
+    keep_ambiguous: Annotated[
+        bool,
+        typer.Option(help="Keep posts matching several classes, in the class of the query that found them."),
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Try failed downloads (md5 mismatch, errors) again.")
+    ] = False,
+    max_mb: Annotated[
+        float, typer.Option(min=0.1, help="Skip files larger than this many megabytes.")
+    ] = 30.0,
+) -> None:
+    """Crawl Danbooru for each class's tag with `solo`, and download the originals into the store."""
+    settings = get_settings(ctx)
+    state = get_state(ctx)
+    if variant not in ("original", "sample"):
+        raise typer.BadParameter("use 'original' or 'sample'", param_hint="--variant")
+    options = HarvestOptions(
+        per_class=per_class,
+        ratings=parse_ratings(rating),
+        variant=_variant(variant),
+        excluded_tags=frozenset(DEFAULT_EXCLUDED_TAGS).union(exclude_tag or ()),
+        keep_ambiguous=keep_ambiguous,
+        max_file_bytes=int(max_mb * 1024 * 1024),
+        downloads=downloads,
+        retry_failed=retry_failed,
+    )
+    policy = ClientPolicy(rate=rate, download_rate=download_rate, pool_size=downloads + 2)
+    credentials = credentials_from(login, api_key)
+    names = class_names or list(settings.class_names)
+    for name in names:
+        settings.class_spec(name)  # unknown names fail here, before any request
+    with DanbooruClient(api_url, policy, credentials) as client, _progress_display() as display:
+        summary = crawl(state.engine, state.store, settings, client, options, names, display.update)
+    _print_summary(summary)
+    if summary.interrupted:
+        err_console.print("interrupted; finished work is kept; run the same command again to continue")
+        raise typer.Exit(130)
+
+
+def _variant(value: str) -> Variant:
+    return "sample" if value == "sample" else "original"
+
+
+class _RateColumn(ProgressColumn):
+    """Downloads per second, as rich measures it over the last samples."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("  -  /s" if speed is None else f"{speed:5.1f}/s", style="progress.data.speed")
+
+
+class _ProgressDisplay:
+    """One bar per class: downloaded of the target, with found / skipped / failed, rate and ETA."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "found {task.fields[found]}  skipped {task.fields[skipped]}  failed {task.fields[failed]}"
+            ),
+            _RateColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def update(self, tally: ClassTally) -> None:
+        task = self.tasks.get(tally.name)
+        if task is None:
+            task = self.progress.add_task(
+                tally.name, total=tally.total, completed=tally.have, found=0, skipped=0, failed=0
+            )
+            self.tasks[tally.name] = task
+        self.progress.update(
+            task,
+            total=max(tally.total, tally.have),
+            completed=tally.have,
+            found=tally.found,
+            skipped=tally.skipped,
+            failed=tally.failed,
+        )
+
+    def __enter__(self) -> _ProgressDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.progress.stop()
+
+
+def _progress_display() -> _ProgressDisplay:
+    return _ProgressDisplay()
+
+
+def _print_summary(summary: CrawlSummary) -> None:
+    table = Table("class", "target", "had", "found", "downloaded", "skipped", "failed", "have", "left")
+    for tally in summary.classes.values():
+        left = (
+            "exhausted" if tally.exhausted and tally.have < tally.target else str(tally.target - tally.have)
+        )
+        table.add_row(
+            tally.name,
+            *(str(value) for value in (tally.target, tally.already, tally.found, tally.downloaded)),
+            *(str(value) for value in (tally.skipped, tally.failed, tally.have)),
+            left if tally.have < tally.target else "0",
+        )
+    console.print(table)
+    reasons = summary.reasons
+    if reasons:
+        text = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+        console.print(f"skipped or failed by reason: {text}")
+    failed = sum(tally.failed for tally in summary.classes.values())
+    if failed:
+        console.print(f"{failed} failed downloads: `animexpr harvest --retry-failed` tries them again")
+    console.print(f"{summary.api_requests} API requests in {summary.seconds:.1f} s")

@@ -1,0 +1,50 @@
+"""Why a harvested post was not downloaded: short, stable strings stored in `Post.reason`.
+
+A post is recorded once, with state `downloaded`, `skipped` (our policy said no; it never comes back) or
+`failed` (we tried and could not; `harvest --retry-failed` tries again). The reasons:
+
+skipped
+    - ``deleted``: Danbooru marks the post deleted (``is_deleted``).
+    - ``no_file_url``: the post has no ``file_url`` or no ``md5``: banned, taken down, or restricted to higher
+      account levels, so its file cannot be fetched.
+    - ``unsupported_type``: the file is not a still image we decode (video, ugoira zip, gif, swf, ...).
+    - ``too_large``: the file is larger than ``--max-mb`` or has more pixels than ``--max-megapixels``
+      (checked from the post's fields, and again while downloading).
+    - ``rating``: the rating is outside ``--rating`` (Danbooru filters this already; checked again locally).
+    - ``excluded_tag``: the post has an excluded tag (monochrome, comic, sketch, ... and ``--exclude-tag``).
+    - ``ambiguous``: the post's tags match more than one class (``--keep-ambiguous`` keeps it instead, in the
+      class of the query that found it).
+
+failed
+    - ``md5_mismatch``: the downloaded original's md5 differs from the post's md5; nothing was stored.
+    - ``download_failed``: the file could not be fetched after the retries (HTTP errors, broken connections,
+      truncated bodies).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from animexpr.db.models import PostState
+
+
+class HarvestReason(StrEnum):
+    DELETED = "deleted"
+    NO_FILE_URL = "no_file_url"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    TOO_LARGE = "too_large"
+    RATING = "rating"
+    EXCLUDED_TAG = "excluded_tag"
+    AMBIGUOUS = "ambiguous"
+    MD5_MISMATCH = "md5_mismatch"
+    DOWNLOAD_FAILED = "download_failed"
+
+    @property
+    def state(self) -> PostState:
+        """The post state this reason goes with."""
+        if self in _FAILURES:
+            return PostState.FAILED
+        return PostState.SKIPPED
+
+
+_FAILURES = frozenset({HarvestReason.MD5_MISMATCH, HarvestReason.DOWNLOAD_FAILED})
