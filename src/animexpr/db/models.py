@@ -110,7 +110,17 @@ class Crop(Base):
     """
 
     __tablename__ = "crops"
-    __table_args__ = (UniqueConstraint("post_id", "settings_key", "face_index"),)
+    __table_args__ = (
+        UniqueConstraint("post_id", "settings_key", "face_index"),
+        # The review queue reads "the next few crops in this state (and class), in this order" from these
+        # without sorting the whole queue; the trailing id makes the order total.
+        Index("ix_crops_review_score", "state", "detection_score", "crop_size", "id"),
+        Index("ix_crops_review_label_score", "state", "label", "detection_score", "crop_size", "id"),
+        Index("ix_crops_review_size", "state", "crop_size", "id"),
+        Index("ix_crops_review_label_size", "state", "label", "crop_size", "id"),
+        Index("ix_crops_review_label_id", "state", "label", "id"),
+        Index("ix_crops_review_cluster", "state", "duplicate_cluster", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), index=True)
@@ -152,7 +162,10 @@ class ReviewEvent(Base):
     state_after: Mapped[str] = mapped_column(String(16))
     label_before: Mapped[str] = mapped_column(String(64))
     label_after: Mapped[str] = mapped_column(String(64))
-    undoes_event_id: Mapped[int | None] = mapped_column(ForeignKey("review_events.id"))
+    undoes_event_id: Mapped[int | None] = mapped_column(ForeignKey("review_events.id"), index=True)
+    # Decisions made together (one grid page, one bulk accept, one CSV import) share a batch id, and one
+    # undo takes back the whole batch.
+    batch_id: Mapped[str | None] = mapped_column(String(32), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
