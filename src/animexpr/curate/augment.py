@@ -1,0 +1,470 @@
+"""The expander: accepted, de-duplicated crops plus augmented copies, to an exact total.
+
+What it guarantees:
+- Originals plus augmentations reach the target exactly; `--balance proportional` keeps each class's share of
+  the originals, `--balance equal` evens the classes out as far as adding images can.
+- Each augmented image is a pure function of (crop bytes, recipe version, seed, variant index): its own seed
+  comes from a hash of those, not from a stream shared with other images, so worker count and order do not
+  matter and two homes produce byte-identical PNGs.
+- The plan grows monotonically with the target (divisor-method apportionment, round-robin over a seeded crop
+  order), so raising the target only adds images and running it again adds nothing.
+- Each image records its source crop, recipe version, seed and what albumentations actually applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import importlib
+import logging
+import multiprocessing
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
+
+import cv2
+import numpy as np
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from animexpr.config import Settings
+from animexpr.curate.dedup import (
+    DEFAULT_MAX_DISTANCE,
+    CropFacts,
+    DedupSummary,
+    eligible_crops,
+    update_duplicates,
+)
+from animexpr.db.models import Augmentation, Expansion
+from animexpr.db.session import session_scope
+from animexpr.errors import AnimexprError
+from animexpr.store import FileStore
+
+if TYPE_CHECKING:
+    from albumentations import Compose
+
+log = logging.getLogger(__name__)
+
+# The paper's dataset: 7,306 cleaned faces expanded to 11,612 images.
+DEFAULT_TARGET = 11_612
+RECIPE_VERSION = "face-safe-v1"
+Balance = Literal["proportional", "equal"]
+BALANCES: tuple[Balance, ...] = ("proportional", "equal")
+_INSERT_BATCH = 256
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class ExpandError(AnimexprError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def albumentations() -> ModuleType:
+    """albumentations, imported without its update check (a network call on every import otherwise)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    return importlib.import_module("albumentations")
+
+
+def build_recipe() -> Compose:
+    """The face-safe recipe. Changing anything here means a new RECIPE_VERSION.
+
+    - A mirror keeps the expression (the paper's classes have no left/right meaning).
+    - A small similarity transform (same scale on both axes, no shear) keeps the face's proportions; the
+      border is reflected, not filled black, so the generator never learns black corners.
+    - Mild brightness and contrast only: no hue, saturation or colour jitter, because hair and eye colour are
+      the character's identity, which the paper's generator must keep.
+    """
+    A = albumentations()
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(
+                scale=(0.95, 1.05),
+                keep_ratio=True,
+                translate_percent=(-0.03, 0.03),
+                rotate=(-8, 8),
+                shear=0,
+                interpolation=cv2.INTER_LINEAR,
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=1.0,  # always: no variant may come out identical to its original
+            ),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.8),
+        ],
+        save_applied_params=True,
+    )
+
+
+def recipe_description() -> dict[str, Any]:
+    """The recipe as albumentations serialises it, for the record (dataset.json, expansion rows)."""
+    return {"version": RECIPE_VERSION, "albumentations": albumentations().to_dict(build_recipe())}
+
+
+def item_seed(seed: int, crop_sha256: str, variant_index: int) -> int:
+    """The seed of one augmented image: depends only on what defines it, never on run order."""
+    digest = hashlib.sha256(f"{RECIPE_VERSION}/{seed}/{crop_sha256}/{variant_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: fits a signed 64-bit integer anywhere
+
+
+def apply_recipe(recipe: Compose, image: np.ndarray, seed: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Augment one image with its own seed; returns the image and the parameters actually applied.
+
+    One generator pair is shared by all transforms of the recipe: `Compose.set_random_seed` would give each
+    transform its own generator with the *same* seed, so the flip and the brightness change would draw the
+    same numbers and be correlated.
+    """
+    recipe.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    result = recipe(image=image)
+    applied = [{"transform": name, **_jsonable(params)} for name, params in result["applied_transforms"]]
+    return result["image"], applied
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes; OpenCV's encoder with fixed settings gives the same bytes for the same pixels."""
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return encoded.tobytes()
+
+
+def decode_crop(data: bytes) -> np.ndarray:
+    """A crop file (our own PNG) as a 3-channel array; channel order is kept through to encode_png."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image")
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    originals: int
+    augmented: int
+
+    @property
+    def total(self) -> int:
+        return self.originals + self.augmented
+
+
+@dataclass(frozen=True)
+class ExpansionPlan:
+    target: int
+    balance: Balance
+    seed: int
+    per_class: dict[str, ClassCounts]
+    variants: dict[int, int]  # crop id -> how many augmented copies
+
+    @property
+    def total(self) -> int:
+        return sum(counts.total for counts in self.per_class.values())
+
+    def jobs(self) -> Iterator[tuple[int, int]]:
+        """(crop id, variant index) of every augmented image the plan holds."""
+        for crop_id, count in sorted(self.variants.items()):
+            for variant_index in range(count):
+                yield crop_id, variant_index
+
+    def counts_json(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {"originals": c.originals, "augmented": c.augmented, "total": c.total}
+            for name, c in self.per_class.items()
+        }
+
+
+def apportion(originals: dict[str, int], target: int, balance: Balance) -> dict[str, int]:
+    """Augmented images per class so that originals + augmented sum to `target`.
+
+    Images are handed out one at a time, which makes the result grow monotonically with the target:
+    - proportional: Webster's divisor method starting from the originals (priority n / (total + 1/2)), so each
+      class ends at round(n * target / N) give or take one;
+    - equal: to the class with the fewest images; classes that already have more than an equal share keep
+      their originals and get nothing.
+    Ties go to the class listed first. Classes without any original get nothing.
+    """
+    total = sum(originals.values())
+    if target < total:
+        raise ExpandError(
+            f"the target {target} is below the {total} de-duplicated accepted crops; augmentation only adds "
+            f"images: use --target {total} or more"
+        )
+    extra = dict.fromkeys(originals, 0)
+    if target == total:
+        return extra
+    order = [name for name in originals if originals[name] > 0]
+    if not order:
+        raise ExpandError("there is no accepted crop to augment: review some crops first")
+
+    def priority(name: str) -> Fraction | int:
+        count = originals[name] + extra[name]
+        if balance == "proportional":
+            return -Fraction(2 * originals[name], 2 * count + 1)
+        return count
+
+    heap = [(priority(name), index, name) for index, name in enumerate(order)]
+    heapq.heapify(heap)
+    for _ in range(target - total):
+        _, index, name = heapq.heappop(heap)
+        extra[name] += 1
+        heapq.heappush(heap, (priority(name), index, name))
+    return extra
+
+
+def _seeded_order(crops: Sequence[CropFacts], seed: int) -> list[CropFacts]:
+    return sorted(crops, key=lambda crop: hashlib.sha256(f"{seed}/{crop.sha256}".encode()).digest())
+
+
+def plan_expansion(
+    crops: Sequence[CropFacts], class_names: Sequence[str], target: int, balance: Balance, seed: int
+) -> ExpansionPlan:
+    """How many augmented copies of each crop reach `target`; a pure function of its arguments."""
+    if balance not in BALANCES:
+        raise ExpandError(f"--balance must be one of {', '.join(BALANCES)}, not {balance!r}")
+    by_class: dict[str, list[CropFacts]] = {name: [] for name in class_names}
+    for crop in crops:
+        by_class[crop.label].append(crop)
+    extra = apportion({name: len(members) for name, members in by_class.items()}, target, balance)
+    variants: dict[int, int] = {}
+    for name, members in by_class.items():
+        if not members:
+            continue
+        # Round-robin over a seeded order: each crop gets base or base + 1 copies, and a larger count only
+        # adds copies, never moves them.
+        base, remainder = divmod(extra[name], len(members))
+        for position, crop in enumerate(_seeded_order(members, seed)):
+            variants[crop.id] = base + (1 if position < remainder else 0)
+    per_class = {name: ClassCounts(len(by_class[name]), extra[name]) for name in class_names}
+    return ExpansionPlan(target=target, balance=balance, seed=seed, per_class=per_class, variants=variants)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running it
+
+
+@dataclass(frozen=True)
+class CropJob:
+    crop_id: int
+    crop_relpath: str
+    variants: tuple[tuple[int, int], ...]  # (variant index, item seed)
+
+
+@dataclass(frozen=True)
+class AugmentedFile:
+    crop_id: int
+    variant_index: int
+    relpath: str
+    sha256: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    crop_id: int
+    planned: int  # variants the job was asked for
+    files: tuple[AugmentedFile, ...] = ()
+    error: str | None = None
+
+
+def run_job(job: CropJob, recipe: Compose, store: FileStore) -> JobResult:
+    """Make every variant of one crop (decoded once); a bad crop file is a result, not an exception."""
+    try:
+        image = decode_crop(store.abspath(job.crop_relpath).read_bytes())
+    except (OSError, ValueError) as exc:
+        return JobResult(job.crop_id, len(job.variants), error=f"{job.crop_relpath}: {exc}")
+    files = []
+    for variant_index, seed in job.variants:
+        augmented, applied = apply_recipe(recipe, image, seed)
+        stored = store.put_bytes("augmented", encode_png(augmented), "png")
+        params = {"item_seed": seed, "applied": applied}
+        files.append(AugmentedFile(job.crop_id, variant_index, stored.relpath, stored.sha256, params))
+    return JobResult(job.crop_id, len(job.variants), tuple(files))
+
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(home: str) -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would only contend
+    _worker["recipe"] = build_recipe()
+    _worker["store"] = FileStore(Path(home))
+
+
+def _run_in_worker(job: CropJob) -> JobResult:
+    return run_job(job, _worker["recipe"], _worker["store"])
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_jobs(jobs: Sequence[CropJob], store: FileStore, workers: int) -> Iterator[JobResult]:
+    """Results in job order, from `workers` processes (or this one when workers is 1)."""
+    if workers <= 1 or len(jobs) < 2:
+        recipe = build_recipe()
+        for job in jobs:
+            yield run_job(job, recipe, store)
+        return
+    # fork: workers start in milliseconds with albumentations already imported; they touch no database.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(str(store.home),)
+    )
+    try:
+        chunk = max(1, min(16, len(jobs) // (workers * 8)))
+        yield from pool.map(_run_in_worker, jobs, chunksize=chunk)
+    finally:
+        # On Ctrl-C, drop the jobs not started; files already written are complete (atomic store).
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class ExpandSummary:
+    plan: ExpansionPlan
+    dedup: DedupSummary
+    created: int = 0
+    already_there: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
+def existing_variants(session: Session, seed: int) -> set[tuple[int, int]]:
+    rows = session.execute(
+        select(Augmentation.crop_id, Augmentation.variant_index).where(
+            Augmentation.recipe_version == RECIPE_VERSION, Augmentation.seed == seed
+        )
+    )
+    return {(crop_id, variant_index) for crop_id, variant_index in rows}
+
+
+def _missing_jobs(
+    plan: ExpansionPlan, crops: Sequence[CropFacts], done: set[tuple[int, int]]
+) -> list[CropJob]:
+    by_id = {crop.id: crop for crop in crops}
+    wanted: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for crop_id, variant_index in plan.jobs():
+        if (crop_id, variant_index) not in done:
+            seed = item_seed(plan.seed, by_id[crop_id].sha256, variant_index)
+            wanted[crop_id].append((variant_index, seed))
+    return [CropJob(crop_id, by_id[crop_id].file_relpath, tuple(v)) for crop_id, v in sorted(wanted.items())]
+
+
+def _save(engine: Engine, files: list[AugmentedFile], seed: int) -> None:
+    """Rows for files that are already complete on disk (the store wrote them atomically)."""
+    if not files:
+        return
+    with session_scope(engine) as session:
+        session.add_all(
+            Augmentation(
+                crop_id=f.crop_id,
+                sha256=f.sha256,
+                file_relpath=f.relpath,
+                recipe_version=RECIPE_VERSION,
+                seed=seed,
+                variant_index=f.variant_index,
+                params=f.params,
+            )
+            for f in files
+        )
+
+
+def _record_expansion(engine: Engine, plan: ExpansionPlan, max_distance: int) -> None:
+    """Remember the plan for snapshots; the same plan run again leaves no new row."""
+    with session_scope(engine) as session:
+        latest = latest_expansion(session)
+        same = latest is not None and (
+            (latest.target, latest.balance, latest.seed, latest.recipe_version, latest.max_distance)
+            == (plan.target, plan.balance, plan.seed, RECIPE_VERSION, max_distance)
+            and latest.counts == plan.counts_json()
+        )
+        if not same:
+            session.add(
+                Expansion(
+                    target=plan.target,
+                    balance=plan.balance,
+                    seed=plan.seed,
+                    recipe_version=RECIPE_VERSION,
+                    max_distance=max_distance,
+                    counts=plan.counts_json(),
+                )
+            )
+
+
+def latest_expansion(session: Session) -> Expansion | None:
+    return session.scalars(select(Expansion).order_by(Expansion.id.desc()).limit(1)).first()
+
+
+def expand(
+    engine: Engine,
+    store: FileStore,
+    settings: Settings,
+    target: int = DEFAULT_TARGET,
+    balance: Balance = "proportional",
+    seed: int = 0,
+    workers: int | None = None,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    progress: ProgressCallback | None = None,
+) -> ExpandSummary:
+    """Bring de-duplication up to date, then make the augmented images the plan still lacks."""
+    workers = default_workers() if workers is None else max(1, workers)
+    dedup = update_duplicates(engine, store, max_distance, workers=workers)
+    with Session(engine) as session:
+        crops = eligible_crops(session, settings.class_names)
+        done = existing_variants(session, seed)
+    plan = plan_expansion(crops, settings.class_names, target, balance, seed)
+    jobs = _missing_jobs(plan, crops, done)
+    summary = ExpandSummary(plan=plan, dedup=dedup, already_there=sum(plan.variants.values()))
+    todo = sum(len(job.variants) for job in jobs)
+    summary.already_there -= todo
+    log.info("expand: %d augmented images to make, %d already there", todo, summary.already_there)
+    pending: list[AugmentedFile] = []
+    made = 0
+    try:
+        for result in run_jobs(jobs, store, workers):
+            if result.error:
+                log.warning("cannot augment crop %d: %s", result.crop_id, result.error)
+                summary.failed.append(result.error)
+            pending.extend(result.files)
+            made += result.planned
+            if len(pending) >= _INSERT_BATCH:
+                _save(engine, pending, seed)
+                summary.created += len(pending)
+                pending = []
+            if progress is not None:
+                progress(made, todo)
+    finally:
+        _save(engine, pending, seed)  # Ctrl-C keeps what is finished
+        summary.created += len(pending)
+    if summary.complete:
+        _record_expansion(engine, plan, max_distance)
+    return summary
