@@ -1,0 +1,955 @@
+"""The review queue: leases, decisions as appended events, undo, bulk accept, progress, CSV export and import.
+
+Every change to a crop's state or label appends one `ReviewEvent` (who, when, decision, state and label before
+and after) in the same transaction that updates the crop row, so the crop's current state is always the
+`state_after` of its latest effective event and a crash can never leave one without the other.
+
+Leases keep two reviewers apart: `lease_next` hands out crops nobody else holds (no lease, an expired lease,
+or the caller's own) and records a lease for each. On SQLite the whole read-then-lease runs under
+BEGIN IMMEDIATE; on PostgreSQL the candidate rows are taken with SELECT ... FOR UPDATE SKIP LOCKED, and the
+lease upsert itself only overwrites an expired lease or the caller's own, so even a race between snapshots
+cannot lease one crop to two reviewers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import logging
+import re
+import statistics
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import ColumnElement, Engine, Select, Table, and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
+
+from animexpr.db.locking import lock_for_write
+from animexpr.db.models import Crop, CropState, Post, ReviewEvent, ReviewLease, utcnow
+from animexpr.db.session import session_scope
+from animexpr.errors import AnimexprError
+from animexpr.store import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_SECONDS = 15 * 60
+MAX_ITEMS_PER_REQUEST = 200
+MAX_EXCLUDED_IDS = 5000
+# Gaps between two decisions longer than this are breaks, not the reviewer's pace.
+PACE_BREAK_SECONDS = 120.0
+PACE_WINDOW_EVENTS = 200
+PACE_MIN_GAPS = 3
+BULK_ACCEPT_REVIEWER = "bulk-accept"
+CSV_IMPORT_REVIEWER = "csv-import"
+_CHUNK = 500
+_REVIEWER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,63}$")
+_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_Number = TypeVar("_Number", int, float)
+EXPORT_COLUMNS = (
+    "crop_id",
+    "sha256",
+    "post_id",
+    "label",
+    "state",
+    "detection_score",
+    "crop_size",
+    "duplicate_cluster",
+    "reviewer",
+    "decided_at",
+    "file",
+)
+
+
+class ReviewError(AnimexprError):
+    """A request the queue cannot carry out (bad filter, unknown class, ...); the message says why."""
+
+
+class CropNotFound(ReviewError):
+    pass
+
+
+class LeaseConflict(ReviewError):
+    """The crop is on another reviewer's screen (their lease has not expired)."""
+
+
+class Decision(StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    RELABEL = "relabel"  # the label changes and the crop is accepted under its new label
+    RESET = "reset"  # back to pending (a CSV import can do this)
+    UNDO = "undo"
+
+
+class Order(StrEnum):
+    WORST_FIRST = "worst-first"  # lowest detection score, then smallest face: the likely-bad first
+    BEST_FIRST = "best-first"
+    SMALLEST_FIRST = "smallest-first"
+    OLDEST_FIRST = "oldest-first"
+    NEWEST_FIRST = "newest-first"
+    CLUSTER = "cluster"  # crops in a duplicate cluster only, cluster by cluster
+
+
+STATE_FILTERS = {
+    "pending": (CropState.PENDING,),
+    "accepted": (CropState.ACCEPTED,),
+    "rejected": (CropState.REJECTED,),
+    "decided": (CropState.ACCEPTED, CropState.REJECTED),
+    "any": tuple(CropState),
+}
+
+
+def check_reviewer(name: str) -> str:
+    if not _REVIEWER_PATTERN.match(name):
+        raise ReviewError(
+            f"reviewer name {name!r}: use 1-64 letters, digits and _ . @ : + - "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which crops a queue holds; an empty field does not filter."""
+
+    labels: tuple[str, ...] = ()
+    states: tuple[str, ...] = (CropState.PENDING,)
+    min_score: float | None = None
+    max_score: float | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    duplicate_cluster: int | None = None
+    duplicates_only: bool = False
+    reviewer: str | None = None  # crops this reviewer has decided
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = []
+        if len(self.states) == 1:
+            conditions.append(Crop.state == self.states[0])
+        elif set(self.states) != set(CropState):
+            conditions.append(Crop.state.in_(self.states))
+        if len(self.labels) == 1:
+            conditions.append(Crop.label == self.labels[0])
+        elif self.labels:
+            conditions.append(Crop.label.in_(self.labels))
+        if self.min_score is not None:
+            conditions.append(Crop.detection_score >= self.min_score)
+        if self.max_score is not None:
+            conditions.append(Crop.detection_score <= self.max_score)
+        if self.min_size is not None:
+            conditions.append(Crop.crop_size >= self.min_size)
+        if self.max_size is not None:
+            conditions.append(Crop.crop_size <= self.max_size)
+        if self.duplicate_cluster is not None:
+            conditions.append(Crop.duplicate_cluster == self.duplicate_cluster)
+        if self.duplicates_only:
+            conditions.append(Crop.duplicate_cluster.is_not(None))
+        if self.reviewer:
+            conditions.append(
+                exists().where(ReviewEvent.crop_id == Crop.id, ReviewEvent.reviewer == self.reviewer)
+            )
+        return conditions
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], class_names: Sequence[str]) -> QueueFilter:
+        """A filter from JSON or form values (strings allowed for numbers); unknown keys are an error."""
+        known = {
+            "label",
+            "state",
+            "min_score",
+            "max_score",
+            "min_size",
+            "max_size",
+            "cluster",
+            "duplicates_only",
+        }
+        unknown = sorted(set(data) - known - {"reviewer"})
+        if unknown:
+            raise ReviewError(
+                f"unknown filter {unknown[0]!r}; known: {', '.join(sorted([*known, 'reviewer']))}"
+            )
+        labels = _labels(data.get("label"), class_names)
+        state = str(data.get("state") or "pending")
+        if state not in STATE_FILTERS:
+            raise ReviewError(f"state {state!r}: use one of {', '.join(STATE_FILTERS)}")
+        reviewer = _text_or_none(data.get("reviewer"))
+        return cls(
+            labels=labels,
+            states=STATE_FILTERS[state],
+            min_score=_number_or_none(data.get("min_score"), float, "min_score"),
+            max_score=_number_or_none(data.get("max_score"), float, "max_score"),
+            min_size=_number_or_none(data.get("min_size"), int, "min_size"),
+            max_size=_number_or_none(data.get("max_size"), int, "max_size"),
+            duplicate_cluster=_number_or_none(data.get("cluster"), int, "cluster"),
+            duplicates_only=bool(data.get("duplicates_only")),
+            reviewer=check_reviewer(reviewer) if reviewer else None,
+        )
+
+
+def _labels(value: Any, class_names: Sequence[str]) -> tuple[str, ...]:
+    if value in (None, "", []):
+        return ()
+    labels = tuple(value) if isinstance(value, list | tuple) else (str(value),)
+    for label in labels:
+        check_label(label, class_names)
+    return labels
+
+
+def check_label(label: Any, class_names: Sequence[str]) -> str:
+    if label not in class_names:
+        raise ReviewError(f"unknown class {label!r}; classes: {', '.join(class_names)}")
+    return str(label)
+
+
+def _text_or_none(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _number_or_none(value: Any, kind: type[_Number], name: str) -> _Number | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise ReviewError(f"{name}: expected a number, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ReviewError(f"{name}: expected a number, got {value!r}") from None
+
+
+def order_by(order: Order) -> tuple[ColumnElement[Any], ...]:
+    score, size = Crop.detection_score, Crop.crop_size
+    match order:
+        case Order.WORST_FIRST:
+            return score.asc().nulls_first(), size.asc(), Crop.id.asc()
+        case Order.BEST_FIRST:
+            return score.desc().nulls_last(), size.desc(), Crop.id.desc()
+        case Order.SMALLEST_FIRST:
+            return size.asc(), Crop.id.asc()
+        case Order.OLDEST_FIRST:
+            return (Crop.id.asc(),)
+        case Order.NEWEST_FIRST:
+            return (Crop.id.desc(),)
+        case Order.CLUSTER:
+            return Crop.duplicate_cluster.asc(), Crop.id.asc()
+    raise ReviewError(f"unknown order {order!r}")
+
+
+def parse_order(value: Any) -> Order:
+    try:
+        return Order(value or Order.WORST_FIRST)
+    except ValueError:
+        raise ReviewError(f"order {value!r}: use one of {', '.join(Order)}") from None
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    """One appended event, or a decision that changed nothing (`event_id` None)."""
+
+    crop_id: int
+    reviewer: str
+    decision: str
+    state_before: str
+    state_after: str
+    label_before: str
+    label_after: str
+    event_id: int | None = None
+    undoes_event_id: int | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.event_id is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "changed": self.changed}
+
+
+@dataclass
+class LineError:
+    line: int
+    message: str
+
+
+@dataclass
+class ImportReport:
+    lines: int = 0
+    applied: int = 0
+    unchanged: int = 0
+    errors: list[LineError] = field(default_factory=list)
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything this project stores is UTC.
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    value = _as_utc(moment)
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def crop_item(crop: Crop, post: Post | None) -> dict[str, Any]:
+    """What the review page shows about one crop (JSON-ready); images are addressed by crop id only."""
+    has_source = post is not None and bool(post.file_relpath)
+    return {
+        "id": crop.id,
+        "label": crop.label,
+        "state": crop.state,
+        "score": crop.detection_score,
+        "crop_size": crop.crop_size,
+        "size_px": crop.size_px,
+        "detector": crop.detector,
+        "detections_count": crop.detections_count,
+        "face_index": crop.face_index,
+        "faces_policy": crop.faces_policy,
+        "duplicate_cluster": crop.duplicate_cluster,
+        "sha256": crop.sha256,
+        "box": [crop.box_x, crop.box_y, crop.box_w, crop.box_h],
+        "crop_box": [crop.crop_x, crop.crop_y, crop.crop_size],
+        "post": {
+            "id": crop.post_id,
+            "width": post.width if post else None,
+            "height": post.height if post else None,
+            "rating": post.rating if post else None,
+            "score": post.score if post else None,
+        },
+        "image": f"/api/crops/{crop.id}/image",
+        "source": f"/api/crops/{crop.id}/source" if has_source else None,
+    }
+
+
+class ReviewQueue:
+    """The review operations on one database; every public method is one transaction."""
+
+    def __init__(
+        self, engine: Engine, class_names: Sequence[str], lease_seconds: int = DEFAULT_LEASE_SECONDS
+    ) -> None:
+        if lease_seconds <= 0:
+            raise ReviewError("the lease time must be positive")
+        self.engine = engine
+        self.class_names = tuple(class_names)
+        self.lease = timedelta(seconds=lease_seconds)
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    # -- leases ---------------------------------------------------------------------------------------
+
+    def lease_next(
+        self,
+        reviewer: str,
+        queue_filter: QueueFilter | None = None,
+        order: Order = Order.WORST_FIRST,
+        count: int = 1,
+        exclude: Iterable[int] = (),
+    ) -> list[dict[str, Any]]:
+        """The next `count` crops for `reviewer`, leased to them; crops leased to others are skipped."""
+        count = max(1, min(int(count), MAX_ITEMS_PER_REQUEST))
+        excluded = list(exclude)[-MAX_EXCLUDED_IDS:]
+        queue_filter = queue_filter or QueueFilter()
+        now = utcnow()
+        with session_scope(self.engine) as session:
+            lock_for_write(session)
+            query = (
+                select(Crop.id)
+                .outerjoin(ReviewLease, ReviewLease.crop_id == Crop.id)
+                .where(*queue_filter.conditions(), _free_for(reviewer, now))
+                .order_by(*order_by(order))
+                .limit(count)
+            )
+            if order is Order.CLUSTER:
+                query = query.where(Crop.duplicate_cluster.is_not(None))
+            if excluded:
+                query = query.where(Crop.id.not_in(excluded))
+            if self.is_postgres:
+                query = query.with_for_update(skip_locked=True, of=Crop)
+            candidates = list(session.scalars(query))
+            leased = self._upsert_leases(session, candidates, reviewer, now)
+            return self._items(session, [crop_id for crop_id in candidates if crop_id in leased])
+
+    def renew_leases(self, reviewer: str, crop_ids: Iterable[int]) -> int:
+        """Extend the caller's own leases (the page calls this while it shows them)."""
+        ids = list(crop_ids)[:MAX_EXCLUDED_IDS]
+        if not ids:
+            return 0
+        with session_scope(self.engine) as session:
+            result = session.execute(
+                update(ReviewLease)
+                .where(ReviewLease.crop_id.in_(ids), ReviewLease.reviewer == reviewer)
+                .values(expires_at=utcnow() + self.lease)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def release_leases(self, reviewer: str, crop_ids: Iterable[int] | None = None) -> int:
+        with session_scope(self.engine) as session:
+            statement = delete(ReviewLease).where(ReviewLease.reviewer == reviewer)
+            if crop_ids is not None:
+                statement = statement.where(ReviewLease.crop_id.in_(list(crop_ids)))
+            return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+
+    def _upsert_leases(self, session: Session, crop_ids: list[int], reviewer: str, now: datetime) -> set[int]:
+        """Lease the crops that are free for `reviewer`; returns the ids actually leased."""
+        if not crop_ids:
+            return set()
+        table = cast(Table, ReviewLease.__table__)
+        dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
+        expires_at = now + self.lease
+        statement = dialect_insert(table).values(
+            [{"crop_id": crop_id, "reviewer": reviewer, "expires_at": expires_at} for crop_id in crop_ids]
+        )
+        upsert = statement.on_conflict_do_update(
+            index_elements=[table.c.crop_id],
+            set_={"reviewer": statement.excluded.reviewer, "expires_at": statement.excluded.expires_at},
+            where=or_(table.c.expires_at <= now, table.c.reviewer == reviewer),
+        ).returning(table.c.crop_id)
+        return set(session.execute(upsert).scalars())
+
+    # -- decisions ------------------------------------------------------------------------------------
+
+    def decide(self, reviewer: str, crop_id: int, decision: str, label: str | None = None) -> DecisionResult:
+        """Accept, reject or relabel (and accept) one crop; stored before this returns."""
+        with session_scope(self.engine) as session:
+            lock_for_write(session)
+            crop = self._locked_crop(session, crop_id)
+            self._check_lease(session, reviewer, [crop_id])
+            return self._decide_one(session, reviewer, crop, decision, label, batch_id=None)
+
+    def decide_page(
+        self, reviewer: str, accept_ids: Sequence[int], reject_ids: Sequence[int]
+    ) -> tuple[list[DecisionResult], dict[int, str]]:
+        """A grid page in one transaction and one batch (one undo takes it back).
+
+        Crops now leased to someone else are left out and returned with the reason.
+        """
+        if set(accept_ids) & set(reject_ids):
+            raise ReviewError("a crop cannot be both accepted and rejected")
+        wanted = [(crop_id, Decision.ACCEPT) for crop_id in accept_ids]
+        wanted += [(crop_id, Decision.REJECT) for crop_id in reject_ids]
+        if len(wanted) > MAX_ITEMS_PER_REQUEST:
+            raise ReviewError(f"at most {MAX_ITEMS_PER_REQUEST} crops per page")
+        batch_id = uuid.uuid4().hex
+        results: list[DecisionResult] = []
+        skipped: dict[int, str] = {}
+        with session_scope(self.engine) as session:
+            lock_for_write(session)
+            crops = self._locked_crops(session, [crop_id for crop_id, _ in wanted])
+            taken = self._leased_by_others(session, reviewer, list(crops))
+            for crop_id, decision in wanted:
+                crop = crops.get(crop_id)
+                if crop is None:
+                    skipped[crop_id] = "no such crop"
+                elif crop_id in taken:
+                    skipped[crop_id] = f"leased to {taken[crop_id]}"
+                else:
+                    results.append(self._decide_one(session, reviewer, crop, decision, None, batch_id))
+        return results, skipped
+
+    def _decide_one(
+        self,
+        session: Session,
+        reviewer: str,
+        crop: Crop,
+        decision: str,
+        label: str | None,
+        batch_id: str | None,
+    ) -> DecisionResult:
+        state_after, label_after, decision = self._target(crop, decision, label)
+        session.execute(delete(ReviewLease).where(ReviewLease.crop_id == crop.id))
+        return _append_event(session, reviewer, crop, decision, state_after, label_after, batch_id)
+
+    def _target(self, crop: Crop, decision: str, label: str | None) -> tuple[str, str, Decision]:
+        match decision:
+            case Decision.ACCEPT:
+                new_label = crop.label if label is None else check_label(label, self.class_names)
+                kind = Decision.ACCEPT if new_label == crop.label else Decision.RELABEL
+                return CropState.ACCEPTED, new_label, kind
+            case Decision.REJECT:
+                return CropState.REJECTED, crop.label, Decision.REJECT
+            case Decision.RELABEL:
+                if label is None:
+                    raise ReviewError("relabel needs the new label")
+                new_label = check_label(label, self.class_names)
+                kind = Decision.ACCEPT if new_label == crop.label else Decision.RELABEL
+                return CropState.ACCEPTED, new_label, kind
+        raise ReviewError(f"decision {decision!r}: use accept, reject or relabel")
+
+    def _locked_crop(self, session: Session, crop_id: int) -> Crop:
+        crop = self._locked_crops(session, [crop_id]).get(crop_id)
+        if crop is None:
+            raise CropNotFound(f"no crop with id {crop_id}")
+        return crop
+
+    def _locked_crops(self, session: Session, crop_ids: list[int]) -> dict[int, Crop]:
+        if not crop_ids:
+            return {}
+        query = select(Crop).where(Crop.id.in_(crop_ids)).order_by(Crop.id).with_for_update(of=Crop)
+        return {crop.id: crop for crop in session.scalars(query)}
+
+    def _leased_by_others(self, session: Session, reviewer: str, crop_ids: list[int]) -> dict[int, str]:
+        if not crop_ids:
+            return {}
+        query = select(ReviewLease.crop_id, ReviewLease.reviewer).where(
+            ReviewLease.crop_id.in_(crop_ids),
+            ReviewLease.reviewer != reviewer,
+            ReviewLease.expires_at > utcnow(),
+        )
+        return dict(session.execute(query).all())
+
+    def _check_lease(self, session: Session, reviewer: str, crop_ids: list[int]) -> None:
+        taken = self._leased_by_others(session, reviewer, crop_ids)
+        if taken:
+            crop_id, holder = next(iter(taken.items()))
+            raise LeaseConflict(f"crop {crop_id} is on {holder}'s screen (leased); it was not changed")
+
+    # -- undo -----------------------------------------------------------------------------------------
+
+    def undo_last(self, reviewer: str) -> list[DecisionResult]:
+        """Take back the reviewer's latest decision (a whole batch when it was one); [] when none is left.
+
+        Decisions someone else has overridden since are skipped: undoing them would overwrite the newer one.
+        The crops come back leased to the reviewer so the page can show them again.
+        """
+        now = utcnow()
+        with session_scope(self.engine) as session:
+            lock_for_write(session)
+            undoable = _undoable_events(reviewer)
+            target = session.scalars(undoable.order_by(ReviewEvent.id.desc()).limit(1)).first()
+            if target is None:
+                return []
+            events = [target]
+            if target.batch_id is not None:
+                events = list(
+                    session.scalars(
+                        undoable.where(ReviewEvent.batch_id == target.batch_id).order_by(ReviewEvent.id)
+                    )
+                )
+            batch_id = uuid.uuid4().hex if len(events) > 1 else None
+            crops = self._locked_crops(session, [event.crop_id for event in events])
+            results = []
+            for event in events:
+                crop = crops[event.crop_id]
+                if (crop.state, crop.label) != (event.state_after, event.label_after):
+                    log.warning(
+                        "crop %s changed outside the review log; not undoing event %s", crop.id, event.id
+                    )
+                    continue
+                results.append(
+                    _append_event(
+                        session,
+                        reviewer,
+                        crop,
+                        Decision.UNDO,
+                        event.state_before,
+                        event.label_before,
+                        batch_id,
+                        undoes_event_id=event.id,
+                    )
+                )
+            self._upsert_leases(session, [result.crop_id for result in results], reviewer, now)
+            return results
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def items(self, crop_ids: Sequence[int]) -> list[dict[str, Any]]:
+        with session_scope(self.engine) as session:
+            return self._items(session, list(crop_ids))
+
+    def item(self, crop_id: int) -> dict[str, Any]:
+        found = self.items([crop_id])
+        if not found:
+            raise CropNotFound(f"no crop with id {crop_id}")
+        return found[0]
+
+    def _items(self, session: Session, crop_ids: list[int]) -> list[dict[str, Any]]:
+        """Items in the order of `crop_ids`, each with its latest event (who decided it, when)."""
+        if not crop_ids:
+            return []
+        rows = session.execute(
+            select(Crop, Post).outerjoin(Post, Post.id == Crop.post_id).where(Crop.id.in_(crop_ids))
+        )
+        by_id = {crop.id: crop_item(crop, post) for crop, post in rows}
+        latest = (
+            select(func.max(ReviewEvent.id))
+            .where(ReviewEvent.crop_id.in_(crop_ids))
+            .group_by(ReviewEvent.crop_id)
+        )
+        for event in session.scalars(select(ReviewEvent).where(ReviewEvent.id.in_(latest))):
+            by_id[event.crop_id]["last_event"] = {
+                "reviewer": event.reviewer,
+                "decision": event.decision,
+                "at": _iso(event.created_at),
+            }
+        return [by_id[crop_id] for crop_id in crop_ids if crop_id in by_id]
+
+    def history(self, reviewer: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The crops of the reviewer's latest decisions that still stand, oldest first."""
+        limit = max(1, min(int(limit), MAX_ITEMS_PER_REQUEST))
+        with session_scope(self.engine) as session:
+            recent = session.scalars(
+                _undoable_events(reviewer).order_by(ReviewEvent.id.desc()).limit(limit * 2)
+            ).all()
+            crop_ids: list[int] = []
+            for event in recent:
+                if event.crop_id not in crop_ids:
+                    crop_ids.append(event.crop_id)
+            return self._items(session, crop_ids[:limit][::-1])
+
+    def file_relpath(self, crop_id: int, which: str) -> str:
+        """The store path of a crop's own image (`crop`) or of its source post's original (`source`)."""
+        with session_scope(self.engine) as session:
+            if which == "crop":
+                relpath = session.scalar(select(Crop.file_relpath).where(Crop.id == crop_id))
+            else:
+                relpath = session.scalar(
+                    select(Post.file_relpath).join(Crop, Crop.post_id == Post.id).where(Crop.id == crop_id)
+                )
+        if not relpath:
+            raise CropNotFound(f"crop {crop_id} has no {which} image")
+        return relpath
+
+    # -- progress -------------------------------------------------------------------------------------
+
+    def stats(self, reviewer: str | None = None) -> dict[str, Any]:
+        """Counts per class and state, decisions per reviewer, and the ETA at the reviewer's pace."""
+        with session_scope(self.engine) as session:
+            counts = session.execute(
+                select(Crop.label, Crop.state, func.count()).group_by(Crop.label, Crop.state)
+            )
+            per_class: dict[str, dict[str, int]] = {
+                name: {state.value: 0 for state in CropState} for name in self.class_names
+            }
+            for label, state, count in counts:
+                per_class.setdefault(label, {s.value: 0 for s in CropState})[state] = count
+            reviewers = [
+                {"reviewer": name, "events": events, "last_at": _iso(last)}
+                for name, events, last in session.execute(
+                    select(ReviewEvent.reviewer, func.count(), func.max(ReviewEvent.created_at))
+                    .group_by(ReviewEvent.reviewer)
+                    .order_by(func.max(ReviewEvent.created_at).desc())
+                )
+            ]
+            pace = _pace_seconds(session, reviewer) if reviewer else None
+        totals = {state.value: sum(c[state.value] for c in per_class.values()) for state in CropState}
+        classes = {}
+        for name, class_counts in per_class.items():
+            classes[name] = _progress(class_counts, pace)
+        return {
+            "reviewer": reviewer,
+            "pace_seconds": pace,
+            "classes": classes,
+            "total": _progress(totals, pace),
+            "reviewers": reviewers,
+        }
+
+    # -- bulk and files -------------------------------------------------------------------------------
+
+    def bulk_accept(
+        self, queue_filter: QueueFilter, reviewer: str = BULK_ACCEPT_REVIEWER, dry_run: bool = False
+    ) -> int:
+        """Accept every pending crop the filter selects, as `reviewer`, in one batch; crops on someone's
+        screen (a live lease) are left alone. Returns how many were (or, dry, would be) accepted."""
+        check_reviewer(reviewer)
+        pending_filter = QueueFilter(**{**asdict(queue_filter), "states": (CropState.PENDING,)})
+        batch_id = uuid.uuid4().hex
+        accepted = 0
+        last_id = 0
+        while True:
+            with session_scope(self.engine) as session:
+                lock_for_write(session)
+                query = (
+                    select(Crop)
+                    .outerjoin(ReviewLease, ReviewLease.crop_id == Crop.id)
+                    .where(*pending_filter.conditions(), _free_for(reviewer, utcnow()), Crop.id > last_id)
+                    .order_by(Crop.id)
+                    .limit(_CHUNK)
+                    .with_for_update(of=Crop, skip_locked=True)
+                )
+                crops = list(session.scalars(query))
+                if not crops:
+                    return accepted
+                last_id = crops[-1].id
+                accepted += len(crops)
+                if dry_run:
+                    continue
+                for crop in crops:
+                    _append_event(
+                        session, reviewer, crop, Decision.ACCEPT, CropState.ACCEPTED, crop.label, batch_id
+                    )
+                session.execute(delete(ReviewLease).where(ReviewLease.crop_id.in_([c.id for c in crops])))
+
+    def export_csv(self, path: Path, queue_filter: QueueFilter | None = None) -> int:
+        """Write one row per crop (EXPORT_COLUMNS); the file can be read back by `import_csv`."""
+        queue_filter = queue_filter or QueueFilter(states=tuple(CropState))
+        written = 0
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(EXPORT_COLUMNS)
+        with session_scope(self.engine) as session:
+            latest = (
+                select(ReviewEvent.crop_id, func.max(ReviewEvent.id).label("event_id"))
+                .group_by(ReviewEvent.crop_id)
+                .subquery()
+            )
+            query = (
+                select(Crop, ReviewEvent.reviewer, ReviewEvent.created_at)
+                .outerjoin(latest, latest.c.crop_id == Crop.id)
+                .outerjoin(ReviewEvent, ReviewEvent.id == latest.c.event_id)
+                .where(*queue_filter.conditions())
+                .order_by(Crop.id)
+                .execution_options(yield_per=2000)
+            )
+            for crop, reviewer, decided_at in session.execute(query):
+                writer.writerow(_export_row(crop, reviewer, decided_at))
+                written += 1
+        atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+        return written
+
+    def import_csv(self, path: Path, reviewer: str = CSV_IMPORT_REVIEWER) -> ImportReport:
+        """Apply the decisions of a CSV (by crop_id or sha256); lines already true change nothing.
+
+        Columns: `crop_id` or `sha256` (both: they must agree), `state` (accepted/rejected/pending) or
+        `decision` (accept/reject/relabel), and an optional `label`. Bad lines are reported by number and
+        the others are still applied. One import is one batch: `review undo --reviewer` takes it back.
+        """
+        check_reviewer(reviewer)
+        report = ImportReport()
+        batch_id = uuid.uuid4().hex
+        parsed: list[tuple[int, _ImportLine]] = []
+        for line_number, row in _read_csv(path):
+            report.lines += 1
+            try:
+                parsed.append((line_number, self._parse_import_line(row)))
+            except ReviewError as exc:
+                report.errors.append(LineError(line_number, str(exc)))
+        for start in range(0, len(parsed), _CHUNK):
+            with session_scope(self.engine) as session:
+                lock_for_write(session)
+                for line_number, line in parsed[start : start + _CHUNK]:
+                    try:
+                        self._apply_import_line(session, reviewer, line, batch_id, report)
+                    except ReviewError as exc:
+                        report.errors.append(LineError(line_number, str(exc)))
+        report.errors.sort(key=lambda error: error.line)
+        return report
+
+    def _parse_import_line(self, row: dict[str, str]) -> _ImportLine:
+        crop_id_text = (row.get("crop_id") or "").strip()
+        sha256 = (row.get("sha256") or "").strip().lower()
+        if not crop_id_text and not sha256:
+            raise ReviewError("no crop_id and no sha256")
+        crop_id = None
+        if crop_id_text:
+            if not crop_id_text.isdigit():
+                raise ReviewError(f"crop_id {crop_id_text!r} is not a number")
+            crop_id = int(crop_id_text)
+        if sha256 and not _SHA256_PATTERN.match(sha256):
+            raise ReviewError(f"sha256 {sha256!r} is not 64 hex digits")
+        label = (row.get("label") or "").strip() or None
+        if label is not None:
+            check_label(label, self.class_names)
+        state = _import_state((row.get("state") or row.get("decision") or "").strip().lower())
+        if state is None:
+            raise ReviewError(
+                "state must be accepted, rejected or pending (or decision accept/reject/relabel)"
+            )
+        return _ImportLine(crop_id, sha256 or None, state, label)
+
+    def _apply_import_line(
+        self, session: Session, reviewer: str, line: _ImportLine, batch_id: str, report: ImportReport
+    ) -> None:
+        if line.crop_id is not None:
+            crops = list(session.scalars(select(Crop).where(Crop.id == line.crop_id).with_for_update()))
+            if not crops:
+                raise ReviewError(f"no crop with id {line.crop_id}")
+            if line.sha256 and crops[0].sha256 != line.sha256:
+                raise ReviewError(
+                    f"crop {line.crop_id} has sha256 {crops[0].sha256[:12]}..., not {line.sha256[:12]}..."
+                )
+        else:
+            crops = list(session.scalars(select(Crop).where(Crop.sha256 == line.sha256).with_for_update()))
+            if not crops:
+                raise ReviewError(f"no crop with sha256 {line.sha256}")
+        for crop in crops:
+            label_after = line.label or crop.label
+            if (crop.state, crop.label) == (line.state, label_after):
+                report.unchanged += 1
+                continue
+            _append_event(
+                session,
+                reviewer,
+                crop,
+                _import_decision(crop, line.state, label_after),
+                line.state,
+                label_after,
+                batch_id,
+            )
+            report.applied += 1
+
+
+@dataclass(frozen=True)
+class _ImportLine:
+    crop_id: int | None
+    sha256: str | None
+    state: str
+    label: str | None
+
+
+def _import_state(value: str) -> str | None:
+    return {
+        "accepted": CropState.ACCEPTED,
+        "accept": CropState.ACCEPTED,
+        "relabel": CropState.ACCEPTED,
+        "rejected": CropState.REJECTED,
+        "reject": CropState.REJECTED,
+        "pending": CropState.PENDING,
+        "reset": CropState.PENDING,
+    }.get(value)
+
+
+def _import_decision(crop: Crop, state_after: str, label_after: str) -> Decision:
+    if state_after == CropState.PENDING:
+        return Decision.RESET
+    if state_after == CropState.REJECTED:
+        return Decision.REJECT
+    return Decision.ACCEPT if label_after == crop.label else Decision.RELABEL
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = {(name or "").strip().lower() for name in reader.fieldnames or ()}
+        if not columns & {"crop_id", "sha256"} or not columns & {"state", "decision"}:
+            raise ReviewError(
+                f"{path}: the first line must name the columns: crop_id or sha256, and state or decision"
+            )
+        for row in reader:
+            normalised = {(key or "").strip().lower(): value or "" for key, value in row.items() if key}
+            if any(value.strip() for value in normalised.values()):
+                yield reader.line_num, normalised
+
+
+def _export_row(crop: Crop, reviewer: str | None, decided_at: datetime | None) -> list[Any]:
+    return [
+        crop.id,
+        crop.sha256,
+        crop.post_id,
+        crop.label,
+        crop.state,
+        "" if crop.detection_score is None else crop.detection_score,
+        crop.crop_size,
+        "" if crop.duplicate_cluster is None else crop.duplicate_cluster,
+        reviewer or "",
+        _iso(decided_at) or "",
+        crop.file_relpath,
+    ]
+
+
+def _free_for(reviewer: str, now: datetime) -> ColumnElement[bool]:
+    """No lease, an expired one, or the reviewer's own (used with an outer join on review_leases)."""
+    return or_(
+        ReviewLease.crop_id.is_(None),
+        ReviewLease.expires_at <= now,
+        ReviewLease.reviewer == reviewer,
+    )
+
+
+def _undoable_events(reviewer: str) -> Select[ReviewEvent]:
+    """The reviewer's decisions that are neither undone nor overridden by a later decision that stands."""
+    undo = aliased(ReviewEvent)
+    later = aliased(ReviewEvent)
+    later_undo = aliased(ReviewEvent)
+    later_stands = and_(
+        later.crop_id == ReviewEvent.crop_id,
+        later.id > ReviewEvent.id,
+        later.decision != Decision.UNDO,
+        ~exists().where(later_undo.undoes_event_id == later.id),
+    )
+    return select(ReviewEvent).where(
+        ReviewEvent.reviewer == reviewer,
+        ReviewEvent.decision != Decision.UNDO,
+        ~exists().where(undo.undoes_event_id == ReviewEvent.id),
+        ~exists().where(later_stands),
+    )
+
+
+def _append_event(
+    session: Session,
+    reviewer: str,
+    crop: Crop,
+    decision: str,
+    state_after: str,
+    label_after: str,
+    batch_id: str | None,
+    undoes_event_id: int | None = None,
+) -> DecisionResult:
+    """Record one decision and apply it to the crop row, in the caller's transaction."""
+    state_before, label_before = crop.state, crop.label
+    if decision != Decision.UNDO and (state_before, label_before) == (state_after, label_after):
+        return DecisionResult(
+            crop.id, reviewer, decision, state_before, state_after, label_before, label_after
+        )
+    event = ReviewEvent(
+        crop_id=crop.id,
+        reviewer=reviewer,
+        decision=decision,
+        state_before=state_before,
+        state_after=state_after,
+        label_before=label_before,
+        label_after=label_after,
+        undoes_event_id=undoes_event_id,
+        batch_id=batch_id,
+    )
+    session.add(event)
+    crop.state = state_after
+    crop.label = label_after
+    session.flush()
+    return DecisionResult(
+        crop.id,
+        reviewer,
+        decision,
+        state_before,
+        state_after,
+        label_before,
+        label_after,
+        event_id=event.id,
+        undoes_event_id=undoes_event_id,
+    )
+
+
+def _pace_seconds(session: Session, reviewer: str) -> float | None:
+    """Median seconds between the reviewer's recent decisions, breaks left out; None until there are a few."""
+    moments = [
+        _as_utc(moment)
+        for moment in session.scalars(
+            select(ReviewEvent.created_at)
+            .where(ReviewEvent.reviewer == reviewer)
+            .order_by(ReviewEvent.id.desc())
+            .limit(PACE_WINDOW_EVENTS)
+        )
+    ]
+    gaps = [
+        (newer - older).total_seconds()
+        for newer, older in itertools.pairwise(moments)
+        if newer is not None and older is not None
+    ]
+    gaps = [gap for gap in gaps if 0 <= gap <= PACE_BREAK_SECONDS]
+    if len(gaps) < PACE_MIN_GAPS:
+        return None
+    return round(statistics.median(gaps), 3)
+
+
+def _progress(counts: dict[str, int], pace: float | None) -> dict[str, Any]:
+    total = sum(counts.values())
+    pending = counts.get(CropState.PENDING, 0)
+    return {
+        **counts,
+        "total": total,
+        "done": total - pending,
+        "eta_seconds": round(pending * pace) if pace is not None else None,
+    }

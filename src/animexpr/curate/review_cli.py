@@ -1,0 +1,228 @@
+"""`animexpr review`: the review page, and the same queue from the command line."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from animexpr.cli_common import console, err_console, get_state
+from animexpr.curate.review import (
+    BULK_ACCEPT_REVIEWER,
+    CSV_IMPORT_REVIEWER,
+    DEFAULT_LEASE_SECONDS,
+    STATE_FILTERS,
+    QueueFilter,
+    ReviewError,
+    ReviewQueue,
+    check_label,
+    check_reviewer,
+)
+from animexpr.curate.review_app import DEFAULT_GRID_SIZE, ReviewAppConfig, bind_socket, listen_warning, serve
+
+review_app = typer.Typer(
+    help="Review the crops: the keyboard-first page (no subcommand), progress, CSV export and import, "
+    "bulk accept, undo.",
+)
+
+ReviewerOption = Annotated[
+    str | None,
+    typer.Option("--reviewer", help="Who decides (default: your login name).", show_default=False),
+]
+
+
+def default_reviewer() -> str:
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):
+        return "reviewer"
+    name = re.sub(r"[^A-Za-z0-9_.@:+-]", "-", name).lstrip("-_.@:+")[:64]
+    return name or "reviewer"
+
+
+@review_app.callback(invoke_without_command=True)
+def review(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; anything but loopback needs --token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    reviewer: ReviewerOption = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ANIMEXPR_REVIEW_TOKEN",
+            help="Shared secret the page asks for once; required off loopback.",
+            show_default=False,
+        ),
+    ] = None,
+    lease_minutes: Annotated[
+        float, typer.Option(help="How long a crop shown to one reviewer is kept from the others.")
+    ] = DEFAULT_LEASE_SECONDS / 60,
+    grid_size: Annotated[int, typer.Option(help="Crops per page in grid mode.")] = DEFAULT_GRID_SIZE,
+) -> None:
+    """Serve the review page (every key press is saved at once; Ctrl-C stops the server)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    state = get_state(ctx)
+    name = check_reviewer(reviewer or default_reviewer())
+    warning = listen_warning(host, token)
+    if not 1 <= grid_size <= 200:
+        raise ReviewError("--grid-size: between 1 and 200")
+    config = ReviewAppConfig(
+        reviewer=name, token=token, lease_seconds=max(1, round(lease_minutes * 60)), grid_size=grid_size
+    )
+    sock = bind_socket(host, port)
+    engine = state.engine
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    shown_host = f"[{host}]" if ":" in host else host
+    console.print(f"review page: [bold]http://{shown_host}:{port}/[/]  (reviewer {name})")
+    if token:
+        console.print("the page asks for the token once per browser")
+    console.print("every decision is saved as you make it; Ctrl-C stops the server")
+    serve(engine, state.settings, config, sock)
+
+
+@review_app.command("stats")
+def stats(
+    ctx: typer.Context,
+    reviewer: ReviewerOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Progress per class, decisions per reviewer, and the ETA at the reviewer's pace."""
+    state = get_state(ctx)
+    queue = ReviewQueue(state.engine, state.settings.class_names)
+    report = queue.stats(check_reviewer(reviewer or default_reviewer()))
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table("class", "pending", "accepted", "rejected", "total", "done", "ETA")
+    for name, counts in [*report["classes"].items(), ("all", report["total"])]:
+        table.add_row(
+            name,
+            *(str(counts[key]) for key in ("pending", "accepted", "rejected", "total")),
+            f"{100 * counts['done'] / counts['total']:.0f}%" if counts["total"] else "-",
+            _duration(counts["eta_seconds"]),
+        )
+    console.print(table)
+    pace = report["pace_seconds"]
+    who = report["reviewer"]
+    console.print(
+        f"{who}'s pace: {pace:.1f} s per crop"
+        if pace
+        else f"{who} has no recent pace yet (ETA needs a few decisions)"
+    )
+    if report["reviewers"]:
+        reviewers = Table("reviewer", "events", "last decision")
+        for row in report["reviewers"]:
+            reviewers.add_row(row["reviewer"], str(row["events"]), row["last_at"] or "-")
+        console.print(reviewers)
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None:
+        return "-"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+@review_app.command("export")
+def export(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV file to write (replaced atomically).", dir_okay=False)],
+    state_name: Annotated[
+        str, typer.Option("--state", help=f"Which crops: {', '.join(STATE_FILTERS)}.")
+    ] = "any",
+    label: Annotated[str | None, typer.Option(help="Only this class.", show_default=False)] = None,
+) -> None:
+    """Write one line per crop: id, hash, post, label, state, score, size, cluster, last reviewer, file."""
+    state = get_state(ctx)
+    queue = ReviewQueue(state.engine, state.settings.class_names)
+    queue_filter = QueueFilter.from_mapping({"state": state_name, "label": label}, state.settings.class_names)
+    written = queue.export_csv(file, queue_filter)
+    console.print(f"wrote {written} crops to {file}")
+
+
+@review_app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[
+        Path, typer.Argument(help="CSV with crop_id or sha256, and state or decision.", exists=True)
+    ],
+    reviewer: Annotated[str, typer.Option(help="Recorded as the reviewer of these decisions.")] = (
+        CSV_IMPORT_REVIEWER
+    ),
+) -> None:
+    """Apply decisions from a CSV (by crop id or file hash); running it again changes nothing.
+
+    Exit status 1 when a line could not be applied; the other lines are applied all the same.
+    """
+    state = get_state(ctx)
+    queue = ReviewQueue(state.engine, state.settings.class_names)
+    report = queue.import_csv(file, check_reviewer(reviewer))
+    for error in report.errors[:100]:
+        err_console.print(f"{file}:{error.line}: {error.message}", highlight=False, soft_wrap=True)
+    if len(report.errors) > 100:
+        err_console.print(f"... and {len(report.errors) - 100} more bad lines")
+    console.print(
+        f"{report.lines} lines: {report.applied} decisions applied, {report.unchanged} already so, "
+        f"{len(report.errors)} bad lines"
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@review_app.command("accept")
+def accept(
+    ctx: typer.Context,
+    label: Annotated[str | None, typer.Option(help="Only this class.", show_default=False)] = None,
+    min_score: Annotated[
+        float | None, typer.Option(help="Only crops with at least this detection score.", show_default=False)
+    ] = None,
+    min_size: Annotated[
+        int | None,
+        typer.Option(help="Only faces at least this large (px in the source).", show_default=False),
+    ] = None,
+    reviewer: Annotated[str, typer.Option(help="Recorded as the reviewer.")] = BULK_ACCEPT_REVIEWER,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count them.")] = False,
+) -> None:
+    """Accept all pending crops of a class and/or above a score, as one batch (`review undo` undoes it)."""
+    if label is None and min_score is None and min_size is None:
+        raise ReviewError("say which crops to accept: --label, --min-score and/or --min-size")
+    state = get_state(ctx)
+    class_names = state.settings.class_names
+    queue_filter = QueueFilter(
+        labels=(check_label(label, class_names),) if label else (),
+        min_score=min_score,
+        min_size=min_size,
+    )
+    queue = ReviewQueue(state.engine, class_names)
+    count = queue.bulk_accept(queue_filter, check_reviewer(reviewer), dry_run=dry_run)
+    if dry_run:
+        console.print(f"{count} pending crops match; nothing changed (--dry-run)")
+    else:
+        console.print(f"accepted {count} crops as reviewer {reviewer}")
+
+
+@review_app.command("undo")
+def undo(ctx: typer.Context, reviewer: ReviewerOption = None) -> None:
+    """Take back the reviewer's latest decision, or their latest batch (grid page, bulk accept, import)."""
+    state = get_state(ctx)
+    name = check_reviewer(reviewer or default_reviewer())
+    results = ReviewQueue(state.engine, state.settings.class_names).undo_last(name)
+    if not results:
+        console.print(f"{name} has no decision left to undo")
+        return
+    crops = ", ".join(str(result.crop_id) for result in results[:10])
+    more = f" and {len(results) - 10} more" if len(results) > 10 else ""
+    console.print(f"undid {len(results)} decisions of {name} (crops {crops}{more})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(review_app, name="review")
