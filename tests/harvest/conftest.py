@@ -34,6 +34,11 @@ FAST_POLICY = ClientPolicy(
 
 
 @pytest.fixture
+def fast_policy() -> ClientPolicy:
+    return FAST_POLICY
+
+
+@pytest.fixture
 def faces_dir() -> Path | None:
     """Real anime faces when ANIMEXPR_ASSETS is set; None makes the fake server generate PNGs."""
     value = os.environ.get("ANIMEXPR_ASSETS")
@@ -65,9 +70,7 @@ def booru_factory() -> Iterator[Callable[..., FakeDanbooru]]:
 
 
 @pytest.fixture
-def run_crawl(
-    engine: Engine, store: FileStore, settings: Settings
-) -> Callable[..., CrawlSummary]:
+def run_crawl(engine: Engine, store: FileStore, settings: Settings) -> Callable[..., CrawlSummary]:
     """Crawl the fake server with the test settings; keyword arguments override HarvestOptions fields."""
 
     def run(

@@ -96,10 +96,14 @@ def test_numbered_pages_stop_at_1000_with_410(booru_factory: Callable[..., FakeD
         "error": "PaginationExtension::PaginationError",
         "message": "You cannot go beyond page 1000.",
     }
-    assert get(booru, "/posts.json", tags="smile", page="b9999999").status_code == 200  # cursors have no limit
+    assert (
+        get(booru, "/posts.json", tags="smile", page="b9999999").status_code == 200
+    )  # cursors have no limit
 
 
-def test_more_than_two_real_tags_is_422_and_metatags_are_free(booru_factory: Callable[..., FakeDanbooru]) -> None:
+def test_more_than_two_real_tags_is_422_and_metatags_are_free(
+    booru_factory: Callable[..., FakeDanbooru],
+) -> None:
     booru = booru_factory(many_posts(3))
     refused = get(booru, "/posts.json", tags="smile solo 1girl")
     assert refused.status_code == 422
@@ -199,7 +203,9 @@ def test_sample_and_preview_are_served_for_large_images(booru_factory: Callable[
 def test_serve_fake_danbooru_gives_a_url_with_every_class() -> None:
     with serve_fake_danbooru(per_class=3) as url:
         for tag in ("angry", "sad", "smile", "surprised"):
-            posts = requests.get(f"{url}/posts.json", params={"tags": f"{tag} solo"}, headers=UA, timeout=5).json()
+            posts = requests.get(
+                f"{url}/posts.json", params={"tags": f"{tag} solo"}, headers=UA, timeout=5
+            ).json()
             assert sum(1 for post in posts if tag in post["tag_string"].split()) >= 3
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/posts.json", headers=UA, timeout=2)

@@ -330,7 +330,7 @@ class DanbooruClient:
                 wait = retry_after_seconds(response)
                 if wait is None:
                     wait = min(self.policy.backoff_max, self.policy.throttle_wait * 2 ** (throttled - 1))
-                log.warning("%s: 429 too many requests; pausing %.1f s before the next request", what, wait)
+                log.warning("%s: 429 too many requests; pausing %.2f s before the next request", what, wait)
                 limiter.hold_off(wait)
                 continue
             if response.status_code >= 500:

@@ -155,6 +155,7 @@ class Crawler:
         self.tallies = {spec.name: ClassTally(spec.name, options.per_class) for spec in self.classes}
         self._lock = threading.Lock()
         self._inflight: dict[Future[None], str] = {}
+        self.drain_seconds = 5.0  # how long Ctrl-C waits for running downloads
 
     # the run ---------------------------------------------------------------------------------
 
@@ -177,8 +178,7 @@ class Crawler:
                 self._crawl(walks, executor)
             except KeyboardInterrupt:
                 summary.interrupted = True
-                self.stop.set()
-                log.warning("interrupted; downloads not finished stay queued for the next run")
+                self._drain()
             except BaseException:
                 self.stop.set()
                 raise
@@ -188,6 +188,23 @@ class Crawler:
         summary.api_requests = self.client.api_requests - requests_before
         summary.seconds = time.monotonic() - started
         return summary
+
+    def _drain(self) -> None:
+        """After Ctrl-C: drop queued downloads, give running ones a moment to finish, then abandon them."""
+        for future, class_name in self._inflight.items():
+            if future.cancel():
+                with self._lock:
+                    self.tallies[class_name].queued -= 1
+        running = [future for future in self._inflight if not future.cancelled()]
+        if running:
+            log.warning(
+                "interrupted: letting %d running downloads finish (at most %.0f s; Ctrl-C again stops now)",
+                len(running),
+                self.drain_seconds,
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                wait(running, timeout=self.drain_seconds)
+        self.stop.set()
 
     def _crawl(self, walks: list[QueryWalk], executor: ThreadPoolExecutor) -> None:
         while True:
