@@ -23,7 +23,6 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -115,7 +114,9 @@ def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def onehot(labels: Tensor, num_classes: int) -> Tensor:
-    return F.one_hot(labels, num_classes).float()
+    # A comparison rather than F.one_hot: never a host-side range check, so it is safe in graph capture.
+    classes = torch.arange(num_classes, device=labels.device)
+    return (labels[:, None] == classes).float()
 
 
 class Trainer:

@@ -1,0 +1,217 @@
+"""`animexpr train` and `animexpr transform`."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from animexpr.cli_common import console, get_settings
+from animexpr.model.config import VARIANTS, TrainConfig
+from animexpr.model.data import resolve_snapshot
+from animexpr.model.networks import build_networks, parameter_counts
+from animexpr.model.train import train as run_training
+from animexpr.model.transform import CropMode, Cropper, load_generator, transform_images
+
+log = logging.getLogger(__name__)
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "data"}
+
+
+def _opt(help_text: str, **kwargs: Any) -> Any:
+    return typer.Option(help=help_text, show_default=True, **kwargs)
+
+
+def train(
+    ctx: typer.Context,
+    snapshot: Annotated[str, _opt("Snapshot NAME (in HOME/snapshots) or a snapshot/export folder.")],
+    variant: Annotated[str, _opt(f"One of: {', '.join(VARIANTS)}.")] = _DEFAULTS["variant"],
+    iters: Annotated[int, _opt("Discriminator iterations.")] = _DEFAULTS["iters"],
+    batch: Annotated[int, _opt("Global batch size.")] = _DEFAULTS["batch"],
+    image_size: Annotated[int, _opt("Training resolution in px.")] = _DEFAULTS["image_size"],
+    n_critic: Annotated[int, _opt("D iterations per G update.")] = _DEFAULTS["n_critic"],
+    lr: Annotated[float, _opt("Adam learning rate of G and D.")] = _DEFAULTS["lr"],
+    decay_start: Annotated[int, _opt("Iteration where the linear decay to 0 begins.")] = _DEFAULTS[
+        "decay_start"
+    ],
+    lambda_cx: Annotated[float, _opt("Contextual loss weight.")] = _DEFAULTS["lambda_cx"],
+    lambda_cls: Annotated[float, _opt("Classification loss weight.")] = _DEFAULTS["lambda_cls"],
+    lambda_gp: Annotated[float, _opt("Gradient penalty weight.")] = _DEFAULTS["lambda_gp"],
+    lambda_rec: Annotated[float, _opt("Cycle reconstruction weight (variants without CX).")] = _DEFAULTS[
+        "lambda_rec"
+    ],
+    lambda_mask: Annotated[float, _opt("Mask collapse guard weight (0: off).")] = _DEFAULTS["lambda_mask"],
+    balanced: Annotated[bool, _opt("Draw classes uniformly, not by frequency.")] = _DEFAULTS["balanced"],
+    device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.")] = _DEFAULTS["device"],
+    precision: Annotated[str, _opt("fp32, tf32 or bf16 (autocast; GP norm and CX stay fp32).")] = _DEFAULTS[
+        "precision"
+    ],
+    run_dir: Annotated[Path | None, _opt("Folder of numbered runs [default: HOME/runs].")] = None,
+    resume: Annotated[
+        str | None, _opt("'auto' (newest run of this snapshot and variant), a run folder or a state file.")
+    ] = None,
+    seed: Annotated[int, _opt("Random seed.")] = _DEFAULTS["seed"],
+    vgg_weights: Annotated[
+        Path | None, _opt("torchvision vgg19-dcbb9e9d.pth for the contextual loss.")
+    ] = None,
+    vgg_download: Annotated[bool, _opt("Download the VGG19 weights (sha256-checked) if not found.")] = False,
+    vgg_random: Annotated[bool, _opt("Random VGG19 weights (tests and speed runs only).")] = False,
+    cuda_graphs: Annotated[bool, _opt("Capture the steps as CUDA graphs (one GPU).")] = _DEFAULTS[
+        "cuda_graphs"
+    ],
+    compile_nets: Annotated[
+        bool, typer.Option("--compile", help="torch.compile G's parts and VGG (D stays eager).")
+    ] = False,
+    g_conv_dim: Annotated[int, _opt("Width of G's first conv.")] = _DEFAULTS["g_conv_dim"],
+    g_res_blocks: Annotated[int, _opt("Bottlenecks on each side of G_trans.")] = _DEFAULTS["g_res_blocks"],
+    att_res_blocks: Annotated[int, _opt("Bottlenecks of G_att.")] = _DEFAULTS["att_res_blocks"],
+    d_conv_dim: Annotated[int, _opt("Width of D's first conv.")] = _DEFAULTS["d_conv_dim"],
+    d_repeat_num: Annotated[int, _opt("Stride-2 convs of D.")] = _DEFAULTS["d_repeat_num"],
+    mapping_dim: Annotated[int, _opt("Hidden width of F.")] = _DEFAULTS["mapping_dim"],
+    style_dim: Annotated[int, _opt("Size N of the control information.")] = _DEFAULTS["style_dim"],
+    log_every: Annotated[int, _opt("Iterations between stats lines.")] = _DEFAULTS["log_every"],
+    sample_every: Annotated[int, _opt("Iterations between sample grids.")] = _DEFAULTS["sample_every"],
+    ckpt_every: Annotated[int, _opt("Iterations between checkpoints.")] = _DEFAULTS["ckpt_every"],
+    keep_ckpts: Annotated[int, _opt("Checkpoints of each kind kept.")] = _DEFAULTS["keep_ckpts"],
+    dry_run: Annotated[bool, _opt("Print the config and parameter counts, then stop.")] = False,
+) -> None:
+    """Train the expression GAN (or one of its ablations) on a snapshot; torchrun runs it on several GPUs."""
+    settings = get_settings(ctx)
+    data = resolve_snapshot(snapshot, settings.home).resolve()
+    cfg = TrainConfig(
+        data=str(data),
+        variant=variant,
+        iters=iters,
+        batch=batch,
+        image_size=image_size,
+        n_critic=n_critic,
+        lr=lr,
+        decay_start=decay_start,
+        lambda_cx=lambda_cx,
+        lambda_cls=lambda_cls,
+        lambda_gp=lambda_gp,
+        lambda_rec=lambda_rec,
+        lambda_mask=lambda_mask,
+        balanced=balanced,
+        device=device,
+        precision=precision,  # type: ignore[arg-type]  # TrainConfig checks the value
+        seed=seed,
+        vgg_weights=str(vgg_weights) if vgg_weights else None,
+        vgg_random=vgg_random,
+        cuda_graphs=cuda_graphs,
+        compile=compile_nets,
+        g_conv_dim=g_conv_dim,
+        g_res_blocks=g_res_blocks,
+        att_res_blocks=att_res_blocks,
+        d_conv_dim=d_conv_dim,
+        d_repeat_num=d_repeat_num,
+        mapping_dim=mapping_dim,
+        style_dim=style_dim,
+        log_every=log_every,
+        sample_every=sample_every,
+        ckpt_every=ckpt_every,
+        keep_ckpts=keep_ckpts,
+    )
+    if dry_run:
+        console.print_json(cfg.to_json())
+        _print_parameter_counts(cfg)
+        return
+    runs_root = run_dir or settings.home / "runs"
+    with _progress_bar() as (progress_fn, _):
+        result = run_training(cfg, runs_root, resume, progress_fn, vgg_download)
+    if result.interrupted:
+        console.print(f"stopped at iteration {result.iteration}; resume with --resume {result.run_dir}")
+        raise typer.Exit(130)
+    if result.generator_file is not None:
+        console.print(
+            f"trained {cfg.variant} to iteration {result.iteration} in {result.run_dir}; "
+            f"generator {result.generator_file.name}"
+        )
+
+
+def _print_parameter_counts(cfg: TrainConfig) -> None:
+    table = Table("part", "parameters")
+    generator, discriminator = build_networks(cfg, num_classes=4)
+    for name, count in parameter_counts(generator, discriminator).items():
+        table.add_row(name, f"{count:,}")
+    console.print(f"{cfg.variant} (counts for 4 classes)")
+    console.print(table)
+
+
+class _progress_bar:
+    """A rich progress bar fed by the training loop's callback, with the latest losses beside it."""
+
+    def __enter__(self) -> tuple[Any, Progress]:
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+        )
+        self.progress.start()
+        self.task = None
+
+        def update(iteration: int, total: int, stats: dict[str, float] | None) -> None:
+            if self.task is None:
+                self.task = self.progress.add_task("train", total=total, completed=iteration, status="")
+            if stats:
+                shown = ("D/loss_gp", "G/loss_fake", "G/loss_cls", "G/mask_mean", "ms_per_iter")
+                status = " ".join(f"{k.split('/')[-1]} {stats[k]:.3g}" for k in shown if k in stats)
+                self.progress.update(self.task, status=status)
+            self.progress.update(self.task, completed=iteration, total=total)
+
+        return update, self.progress
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def transform(
+    ctx: typer.Context,
+    images: Annotated[list[Path], typer.Argument(help="Face crops or full illustrations.", exists=True)],
+    to: Annotated[str | None, _opt("Target class.")] = None,
+    all_classes: Annotated[
+        bool, typer.Option("--all", help="A grid with every class (and the masks).")
+    ] = False,
+    checkpoint: Annotated[
+        Path | None, _opt("G_ema-*.safetensors, a run folder or a runs folder [default: HOME/runs].")
+    ] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("."),
+    crop: Annotated[str, _opt("auto (crop non-square pictures), always or never.")] = "auto",
+    device: Annotated[str, _opt("cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Turn faces into another expression (--to CLASS) or into every one (--all)."""
+    if (to is None) == (not all_classes):
+        raise typer.BadParameter("give exactly one of --to CLASS and --all")
+    if crop not in ("auto", "always", "never"):
+        raise typer.BadParameter("--crop: auto, always or never")
+    settings = get_settings(ctx)
+    loaded = load_generator(checkpoint or settings.home / "runs", device)
+    mode: CropMode = crop  # type: ignore[assignment]  # checked above
+    written = transform_images(images, loaded, out, to, _curate_cropper(), mode)
+    console.print(
+        f"{len(written)} image(s) written to {out} by {loaded.config.variant} "
+        f"(iteration {loaded.iteration}, {loaded.source.name})"
+    )
+
+
+def _curate_cropper() -> Cropper | None:
+    """The curate room's face cropper, when it offers one (`animexpr.curate.crop.crop_faces`)."""
+    try:
+        module = importlib.import_module("animexpr.curate.crop")
+    except ImportError:
+        return None
+    cropper = getattr(module, "crop_faces", None)
+    return cropper if callable(cropper) else None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("transform")(transform)

@@ -1,0 +1,137 @@
+"""Turn faces into other expressions with a trained generator (the EMA weights of a run).
+
+Full illustrations are cut into faces first by a cropper, a function RGB image -> face crops that the caller
+provides (the CLI passes the curate room's); already-cropped faces go straight in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from animexpr.errors import AnimexprError
+from animexpr.images import ImageDecodeError, decode_image
+from animexpr.model.checkpoint import latest_generator, load_generator_file
+from animexpr.model.config import TrainConfig
+from animexpr.model.data import resize_square
+from animexpr.model.grid import save_png, translation_grid
+from animexpr.model.networks import Generator
+
+log = logging.getLogger(__name__)
+
+Cropper = Callable[[np.ndarray], list[np.ndarray]]  # RGB uint8 illustration -> RGB uint8 face crops
+CropMode = Literal["auto", "always", "never"]
+
+
+@dataclass(frozen=True)
+class LoadedGenerator:
+    generator: Generator
+    classes: tuple[str, ...]
+    config: TrainConfig
+    iteration: int
+    source: Path
+    device: torch.device
+
+    def class_index(self, name: str) -> int:
+        if name not in self.classes:
+            raise AnimexprError(f"unknown class {name!r}; this generator knows {', '.join(self.classes)}")
+        return self.classes.index(name)
+
+
+def load_generator(checkpoint: Path, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """The EMA generator from a G_ema-*.safetensors file, a run folder or a folder of runs (newest)."""
+    path = latest_generator(Path(checkpoint))
+    weights, metadata = load_generator_file(path)
+    config = TrainConfig.from_json(metadata["config"])
+    classes = tuple(json.loads(metadata["classes"]))
+    generator = Generator(len(classes), config.spec, config)
+    generator.load_state_dict(weights)
+    generator.requires_grad_(False).eval()
+    target = torch.device(device)
+    return LoadedGenerator(
+        generator.to(target), classes, config, int(metadata.get("iteration", 0)), path, target
+    )
+
+
+def to_tensor(faces: Sequence[np.ndarray], image_size: int, device: torch.device) -> torch.Tensor:
+    """RGB uint8 faces of any size -> (B, 3, S, S) in [-1, 1]."""
+    batch = np.stack([resize_square(face, image_size) for face in faces])
+    return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def translate(
+    loaded: LoadedGenerator, faces: Sequence[np.ndarray], targets: Sequence[int]
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
+    """Inputs, their translations to each class in `targets` and the masks (None without a mask network)."""
+    x = to_tensor(faces, loaded.config.image_size, loaded.device)
+    outputs, masks = [], []
+    for target in targets:
+        labels = torch.full((len(x),), target, dtype=torch.long, device=loaded.device)
+        y, m = loaded.generator(x, torch.nn.functional.one_hot(labels, len(loaded.classes)).float())
+        outputs.append(y)
+        if m is not None:
+            masks.append(m)
+    return x, outputs, (masks or None)
+
+
+def transform_face(loaded: LoadedGenerator, face: np.ndarray, target: str) -> np.ndarray:
+    """One face (RGB uint8) as the class `target`: an RGB uint8 image of the model's size."""
+    _, outputs, _ = translate(loaded, [face], [loaded.class_index(target)])
+    return ((outputs[0][0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def faces_of(image: np.ndarray, cropper: Cropper | None, crop: CropMode) -> list[np.ndarray]:
+    """The faces to transform in one picture: itself when it is a crop, the cropper's faces otherwise.
+
+    `auto` treats a square picture as an already-cropped face (crops are square) and crops the others.
+    """
+    square = abs(image.shape[0] - image.shape[1]) <= 0.02 * max(image.shape[:2])
+    if crop == "never" or (crop == "auto" and square):
+        return [image]
+    if cropper is None:
+        if crop == "always":
+            raise AnimexprError("no face cropper is available to crop the illustration")
+        log.warning("no face cropper available: using the whole non-square picture as the face")
+        return [image]
+    return cropper(image)
+
+
+def transform_images(
+    paths: Sequence[Path],
+    loaded: LoadedGenerator,
+    out_dir: Path,
+    target: str | None = None,
+    cropper: Cropper | None = None,
+    crop: CropMode = "auto",
+) -> list[Path]:
+    """Write `<stem>[-face<i>]-<class>.png` for one target, or a grid `<stem>[-face<i>]-all.png` for all."""
+    targets = [loaded.class_index(target)] if target is not None else list(range(len(loaded.classes)))
+    written = []
+    for path in paths:
+        try:
+            image = decode_image(path).rgb
+        except ImageDecodeError as exc:
+            raise AnimexprError(f"{path}: {exc}") from exc
+        faces = faces_of(image, cropper, crop)
+        if not faces:
+            log.warning("%s: no face found", path)
+            continue
+        for i, face in enumerate(faces):
+            stem = path.stem if len(faces) == 1 else f"{path.stem}-face{i}"
+            x, outputs, masks = translate(loaded, [face], targets)
+            if target is not None:
+                out = out_dir / f"{stem}-{target}.png"
+                save_png(translation_grid(outputs[0], [], None), out)
+            else:
+                out = out_dir / f"{stem}-all.png"
+                save_png(translation_grid(x, outputs, masks), out)
+            written.append(out)
+    return written
