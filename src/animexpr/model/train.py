@@ -119,6 +119,30 @@ def onehot(labels: Tensor, num_classes: int) -> Tensor:
     return (labels[:, None] == classes).float()
 
 
+def discriminator_loss(
+    discriminator: Callable[[Tensor], tuple[Tensor, Tensor]],
+    x_real: Tensor,
+    x_fake: Tensor,
+    label_org: Tensor,
+    alpha: Tensor,
+    cfg: TrainConfig,
+) -> tuple[Tensor, Tensor]:
+    """L_D = -L_adv + lambda_cls L_cls(real) + lambda_gp L_gp, and its parts in D_KEYS order.
+
+    `discriminator` may be DDP-wrapped: it is called twice (real+fake, then the interpolates) before the one
+    backward of the total, and the penalty's gradient is taken out of place, so every parameter's gradient
+    hook fires once and DDP all-reduces the full gradient, penalty included.
+    """
+    # One D call for real and fake: D has no batch statistics, so this equals two calls.
+    src, cls = discriminator(torch.cat([x_real, x_fake]))
+    src_real, src_fake = src.chunk(2)
+    loss_real, loss_fake = wasserstein_critic_loss(src_real, src_fake)
+    loss_cls = classification_loss(cls[: len(x_real)], label_org)
+    loss_gp = gradient_penalty(lambda t: discriminator(t)[0], x_real, x_fake, alpha)
+    loss = loss_real + loss_fake + cfg.lambda_cls * loss_cls + cfg.lambda_gp * loss_gp
+    return loss, torch.stack([loss_real, loss_fake, loss_cls, loss_gp])
+
+
 class Trainer:
     """Networks, optimisers and the two step kinds; knows nothing of run folders (bench/ uses it directly)."""
 
@@ -220,17 +244,11 @@ class Trainer:
         with self.autocast():
             with torch.no_grad():
                 x_fake, _ = self.G(x_real, onehot(label_trg, self.num_classes))
-            # One D call for real and fake: D has no batch statistics, so this equals two calls.
-            src, cls = self.D_train(torch.cat([x_real, x_fake]))
-            src_real, src_fake = src.chunk(2)
-            loss_real, loss_fake = wasserstein_critic_loss(src_real, src_fake)
-            loss_cls = classification_loss(cls[: len(x_real)], label_org)
             alpha = torch.rand(len(x_real), 1, 1, 1, device=self.device)
-            loss_gp = gradient_penalty(lambda t: self.D_train(t)[0], x_real, x_fake, alpha)
-        loss = loss_real + loss_fake + cfg.lambda_cls * loss_cls + cfg.lambda_gp * loss_gp
+            loss, parts = discriminator_loss(self.D_train, x_real, x_fake, label_org, alpha, cfg)
         loss.backward()
         self.opt_D.step()
-        self.d_sums += torch.stack([loss_real, loss_fake, loss_cls, loss_gp]).detach()
+        self.d_sums += parts.detach()
         return x_real, label_org, label_trg
 
     def _g_step(self, x_real: Tensor, label_org: Tensor, label_trg: Tensor) -> None:
@@ -700,6 +718,7 @@ def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | No
             if writer is not None and (it % cfg.sample_every == 0 or it == cfg.iters):
                 writer.save_samples()
             if at_ckpt or stopping:
+                _check_ranks_agree(trainer)
                 rng = gather_objects(_rng_state(trainer), info)
                 if writer is not None:
                     writer.save_checkpoint(rng)
@@ -708,6 +727,17 @@ def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | No
             if stopping:
                 return True
     return False
+
+
+def _check_ranks_agree(trainer: Trainer) -> None:
+    """Under DDP every rank must hold the same networks (identical all-reduced updates); check before saving."""
+    if not trainer.info.enabled:
+        return
+    with torch.no_grad():
+        checksum = [float(sum(p.double().sum() for p in m.parameters())) for m in (trainer.G, trainer.D)]
+    sums = gather_objects(checksum, trainer.info)
+    if any(s != sums[0] for s in sums):
+        raise AnimexprError(f"DDP ranks hold different networks (parameter sums {sums}); not saving")
 
 
 def _checked_stats(trainer: Trainer, writer: _RunWriter | None) -> dict[str, float]:

@@ -140,10 +140,12 @@ def load_vgg19_features(
     verify: bool = True,
 ) -> VGG19Features:
     """The frozen feature extractor, with ImageNet weights unless `random_weights` (tests, speed runs)."""
-    model = VGG19Features(layer)
     if random_weights:
         log.warning("VGG19 has RANDOM weights: the contextual loss is not the paper's (fine for tests)")
-        return model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random network every time, so runs stay reproducible
+            return VGG19Features(layer)
+    model = VGG19Features(layer)
     path = resolve_vgg19_weights(weights, download=download)
     if verify and path.stat().st_size == VGG19_SIZE and sha256_file(path) != VGG19_SHA256:
         raise WeightsMissingError(f"{path} has the size of {VGG19_FILE} but not its sha256: a damaged copy?")
