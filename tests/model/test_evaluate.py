@@ -1,0 +1,304 @@
+"""`evaluate` and `compare` on two tiny real training runs (stargan and ours) of a tiny snapshot, on the CPU.
+
+The runs are 4 iterations of 32 px networks, so their scores mean nothing; the tests check the plumbing:
+counts, the PNGs that were scored (one class's FID and KID are recomputed from them), caches, the report, the
+figure's layout. They need the Inception weights (and skip without them) and use the real face crops of
+ANIMEXPR_ASSETS when set, generated images if not."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from animexpr.cli import app
+from animexpr.model import classifier as classifier_module
+from animexpr.model.classifier import ClassifierConfig
+from animexpr.model.compare import EMPTY_TILE, MIN_TILE, TILE_GAP, compare_runs
+from animexpr.model.data import DATASET_FILE, MANIFEST_FILE, load_snapshot, write_folder_snapshot
+from animexpr.model.evaluate import (
+    EVAL_JSON,
+    EVAL_TABLE,
+    EvalOptions,
+    EvaluationError,
+    evaluate_run,
+    median_ms_per_iteration,
+)
+from animexpr.model.inception import InceptionError, InceptionFeatures, resolve_inception
+from animexpr.model.metrics import fid, kid
+from animexpr.model.train import config_for_run, train
+from animexpr.store import sha256_bytes
+
+CLASSES = ("angry", "sad", "smile", "surprised")
+PER_CLASS = 5  # images per class: 1 test + 4 train
+TINY_TRAINING: dict[str, Any] = {
+    "iters": 4,
+    "batch": 2,
+    "image_size": 32,
+    "n_critic": 2,
+    "g_conv_dim": 8,
+    "g_res_blocks": 1,
+    "att_res_blocks": 1,
+    "d_conv_dim": 8,
+    "d_repeat_num": 4,
+    "mapping_dim": 16,
+    "style_dim": 8,
+    "vgg_random": True,  # no VGG19 weights on test machines: the contextual loss runs on random features
+    "cx_layer": "relu3_2",
+    "device": "cpu",
+    "log_every": 1,
+    "sample_every": 4,
+    "ckpt_every": 4,
+    "sample_count": 2,
+    "decay_start": 4,
+}
+CLASSIFIER = ClassifierConfig(epochs=1)  # what `--classifier-epochs 1` asks for: the cache key matches
+
+
+def _class_folders(root: Path) -> Path:
+    """The real faces (4 characters stand in for 4 classes) when available, else generated 48 px faces."""
+    assets = os.environ.get("ANIMEXPR_ASSETS")
+    if assets and (Path(assets) / "faces").is_dir():
+        return Path(assets) / "faces"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    for c, label in enumerate(CLASSES):
+        (root / label).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            image = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+            image[(yy - 24) ** 2 + (xx - 24 + i) ** 2 < (8 + 3 * c) ** 2] = (60 * c, 200 - 40 * c, 90)
+            Image.fromarray(image).save(root / label / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def inception_weights() -> Path:
+    try:
+        return resolve_inception(fetch=False)
+    except InceptionError as exc:
+        pytest.skip(f"Inception weights not found ({exc})")
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("classes")
+    return write_folder_snapshot(_class_folders(root), root / "snapshot", test_per_class=1, limit=PER_CLASS)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def runs(inception_weights: Path, snapshot: Path, cache_dir: Path) -> dict[str, Path]:
+    """Two trained and evaluated runs, by variant."""
+    runs_root = snapshot.parent / "runs"
+    options = EvalOptions(device="cpu", batch=3, cache_dir=cache_dir, classifier=CLASSIFIER)
+    result = {}
+    for variant in ("stargan", "ours"):
+        run_dir = train(config_for_run(snapshot, variant=variant, **TINY_TRAINING), runs_root).run_dir
+        evaluate_run(run_dir, options=options)
+        result[variant] = run_dir
+    return result
+
+
+def _report(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / EVAL_JSON).read_text(encoding="utf-8"))
+
+
+def _png(
+    path: Path, size: int | None = None, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> np.ndarray:
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+        return np.asarray(rgb if size is None else rgb.resize((size, size), resample))
+
+
+def test_eval_json_holds_every_target_class_and_the_measures(runs: dict[str, Path]) -> None:
+    for variant, run_dir in runs.items():
+        report = _report(run_dir)
+        assert report["variant"] == variant
+        assert len(report["classes"]) == 4
+        assert report["test_images"] == 4
+        assert report["generated_images"] == 4 * 3  # each test face into each of the 3 other classes
+        assert report["classifier"]["test_accuracy"] is not None
+        assert 0 <= report["classifier"]["test_accuracy"] <= 1
+        for scores in report["per_class"].values():
+            assert scores["n_generated"] == 3
+            assert scores["n_real"] == PER_CLASS  # the originals of both splits
+            assert scores["kid_subset_size"] == 3  # min(N_real, N_fake, 1000)
+            assert scores["fid"] > 0
+            assert 0 <= scores["expression_accuracy"] <= 1
+            assert 0 < scores["l1"] < 1
+            assert -1 <= scores["ssim"] <= 1
+            if variant == "ours":
+                assert 0 < scores["mask_mean"] < 1
+                assert scores["l1_outside_mask"] <= scores["l1"]
+            else:
+                assert scores["mask_mean"] is None
+                assert scores["l1_outside_mask"] is None
+        mean = report["mean"]
+        assert mean["fid"] == pytest.approx(np.mean([s["fid"] for s in report["per_class"].values()]))
+        assert report["parameters"]["G"] > 0
+        assert report["ms_per_iter"] > 0
+        assert report["timing"]["generation_ms_per_1000"] > 0
+        table = (run_dir / EVAL_TABLE).read_text(encoding="utf-8")
+        assert "| target | gen | real | FID |" in table
+        assert f"| mean |  |  | {mean['fid']:.2f} |" in table
+
+
+def test_generated_pngs_are_what_was_scored(
+    runs: dict[str, Path], snapshot: Path, inception_weights: Path
+) -> None:
+    """FID and KID of one target class, recomputed from the saved PNGs and the real files, match eval.json."""
+    run_dir = runs["ours"]
+    report = _report(run_dir)
+    target = report["classes"][0]
+    pngs = sorted((run_dir / report["images"] / target).glob("*.png"))
+    assert len(pngs) == 3
+    assert not any(p.name.startswith(f"{target}-") for p in pngs)  # no face is translated into its own class
+    assert len(list((run_dir / report["images"] / "inputs").glob("*.png"))) == 4
+    generated = torch.from_numpy(np.stack([_png(p) for p in pngs]))
+    assert generated.shape == (3, 32, 32, 3)
+    snap = load_snapshot(snapshot)
+    reals = [r for r in snap.records if r.label == target]
+    real_images = np.stack([_png(snap.path_of(r), size=32) for r in reals])
+    extractor = InceptionFeatures(inception_weights, device="cpu")
+    fake_features, real_features = extractor(generated), extractor(torch.from_numpy(real_images))
+    scores = report["per_class"][target]
+    assert fid(real_features, fake_features) == pytest.approx(scores["fid"], rel=1e-4)
+    assert kid(real_features, fake_features, seed=0).mean == pytest.approx(
+        scores["kid_mean"], rel=1e-3, abs=1e-6
+    )
+
+
+def test_evaluate_command_reuses_the_cached_classifier_and_real_features(
+    runs: dict[str, Path], cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def must_not_train(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the classifier should come from the cache")
+
+    monkeypatch.setattr(classifier_module, "train_classifier", must_not_train)
+    before = _report(runs["stargan"])
+    arguments = ["--home", str(tmp_path), "evaluate", str(runs["stargan"]), "--device", "cpu", "--json"]
+    arguments += ["--cache-dir", str(cache_dir), "--classifier-epochs", "1", "--batch", "3"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["timing"]["real_features_s"] < before["timing"]["real_features_s"]
+    for name, scores in printed["per_class"].items():
+        assert scores["fid"] == pytest.approx(before["per_class"][name]["fid"], rel=1e-5)
+        assert scores["expression_accuracy"] == before["per_class"][name]["expression_accuracy"]
+    assert _report(runs["stargan"])["created"] == printed["created"]
+
+
+def test_compare_writes_table_one_and_the_figure(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    result = compare_runs([runs["stargan"], runs["ours"]], out, rows=4)
+    text = out.read_text(encoding="utf-8")
+    assert result.warnings == []
+    assert "| Method | run | FID | KID | expr. acc. | SSIM | L1 | params G | ms / iter |" in text
+    for variant, run_dir in runs.items():
+        mean = _report(run_dir)["mean"]
+        assert f"| {variant} | {run_dir.name} | {mean['fid']:.2f} | {mean['kid_mean']:.2e} ± " in text
+    assert result.figure == tmp_path / "report.png"
+    assert "![" in text
+    assert "(report.png)" in text
+
+    figure = _png(result.figure)
+    size, classes = MIN_TILE, _report(runs["ours"])["classes"]
+    columns = 1 + 2 * len(classes)
+    assert figure.shape[1] == columns * (size + TILE_GAP) + 2 * 3 * TILE_GAP
+    header = figure.shape[0] - 4 * (size + TILE_GAP)
+    # Row 0 shows the first class's test face: its own-class cell is blank, the next holds ours' translation.
+    input_name = sorted(p.name for p in (runs["ours"] / "eval").rglob("inputs/*.png"))[0]
+    source = input_name.split("-", 1)[0]
+    assert source == classes[0]
+    first_ours = (1 + len(classes)) * (size + TILE_GAP) + 2 * 3 * TILE_GAP
+    own_cell = figure[header : header + size, first_ours : first_ours + size]
+    assert (own_cell == np.array(EMPTY_TILE, dtype=np.uint8)).all()
+    second = first_ours + size + TILE_GAP
+    nearest = Image.Resampling.NEAREST
+    translated = _png(next((runs["ours"] / "eval").rglob(f"{classes[1]}/{input_name}")), size, nearest)
+    assert np.array_equal(figure[header : header + size, second : second + size], translated)
+    input_tile = _png(next((runs["ours"] / "eval").rglob(f"inputs/{input_name}")), size, nearest)
+    assert np.array_equal(figure[header : header + size, :size], input_tile)
+
+
+def test_compare_warns_when_runs_are_not_comparable(runs: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / runs["ours"].name
+    shutil.copytree(runs["ours"], other)
+    report = _report(other)
+    report["reference"] = "test"
+    (other / EVAL_JSON).write_text(json.dumps(report), encoding="utf-8")
+    result = compare_runs([runs["stargan"], other], tmp_path / "report.md")
+    assert any("reference" in w and "not comparable" in w for w in result.warnings)
+    assert "Warnings:" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_compare_command(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    arguments = [
+        "--home",
+        str(tmp_path),
+        "compare",
+        str(runs["stargan"]),
+        str(runs["ours"]),
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    assert (tmp_path / "table.png").is_file()
+    assert "stargan" in result.stdout
+
+
+def test_compare_needs_evaluated_runs(tmp_path: Path) -> None:
+    (tmp_path / "00000-x").mkdir()
+    with pytest.raises(EvaluationError, match="animexpr evaluate"):
+        compare_runs([tmp_path / "00000-x"], tmp_path / "r.md")
+
+
+def _copy_snapshot(snapshot: Path, out: Path, edit: dict[str, Any], relabel: bool = False) -> Path:
+    """A copy of the snapshot with every record's fields changed by `edit` (files shared via files_root)."""
+    out.mkdir()
+    lines = []
+    for line in (snapshot / MANIFEST_FILE).read_text(encoding="utf-8").splitlines():
+        lines.append(json.dumps(json.loads(line) | edit))
+    manifest = ("\n".join(lines) + "\n").encode()
+    (out / MANIFEST_FILE).write_bytes(manifest)
+    dataset = json.loads((snapshot / DATASET_FILE).read_text(encoding="utf-8"))
+    dataset |= {"manifest_sha256": sha256_bytes(manifest), "files_root": str(snapshot.resolve())}
+    if relabel:
+        dataset["classes"] = [*dataset["classes"], "sleepy"]
+    (out / DATASET_FILE).write_text(json.dumps(dataset), encoding="utf-8")
+    return out
+
+
+def test_evaluate_refuses_a_snapshot_without_test_images_or_with_other_classes(
+    runs: dict[str, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    no_test = _copy_snapshot(snapshot, tmp_path / "no-test", {"split": "train"})
+    with pytest.raises(EvaluationError, match="no test images"):
+        evaluate_run(runs["stargan"], snapshot_folder=no_test, options=EvalOptions(device="cpu"))
+    other_classes = _copy_snapshot(snapshot, tmp_path / "other", {}, relabel=True)
+    with pytest.raises(EvaluationError, match="classes"):
+        evaluate_run(runs["stargan"], snapshot_folder=other_classes, options=EvalOptions(device="cpu"))
+
+
+def test_median_ms_per_iteration_skips_the_first_window(tmp_path: Path) -> None:
+    assert median_ms_per_iteration(tmp_path) is None
+    lines = [{"iteration": 1, "ms_per_iter": 900.0}, {"iteration": 2, "ms_per_iter": 40.0}]
+    lines += [{"iteration": 3, "ms_per_iter": 42.0}, {"iteration": 4, "ms_per_iter": 44.0}]
+    (tmp_path / "stats.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
+    assert median_ms_per_iteration(tmp_path) == 42.0
