@@ -175,6 +175,16 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _warm_up(loaded: LoadedGenerator, images_u8: Tensor) -> None:
+    """One untimed batch first: cuDNN's algorithm search and lazy CUDA set-up are not generation time."""
+    x = to_model_input(images_u8.to(loaded.device), channels_last=False)
+    onehot = torch.zeros(len(x), len(loaded.classes), device=loaded.device)
+    onehot[:, 0] = 1
+    with torch.inference_mode():
+        loaded.generator(x, onehot)
+    _synchronise(loaded.device)
+
+
 def _translate_all(
     loaded: LoadedGenerator,
     records: list[ManifestRecord],
@@ -191,6 +201,7 @@ def _translate_all(
     results = [_TargetAccumulator() for _ in range(num_classes)]
     timing = {"generation_s": 0.0, "features_s": 0.0, "classifier_s": 0.0, "write_s": 0.0}
     total = len(records)
+    _warm_up(loaded, images[: options.batch])
     for start in range(0, total, options.batch):
         batch_u8 = images[start : start + options.batch]
         batch_labels = labels[start : start + options.batch]
