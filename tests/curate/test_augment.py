@@ -263,3 +263,19 @@ def test_a_broken_crop_is_reported_and_the_rest_is_made(
         assert (
             session.scalar(select(func.count()).select_from(Expansion)) == 0
         )  # incomplete: not a plan to use
+
+
+def test_put_many_stores_like_put_bytes_with_shared_fsyncs(store: FileStore) -> None:
+    """The store call the expander writes through (added to store.py for it)."""
+    blobs = [(b"first", "png"), (b"second", "png"), (b"first", "png")]
+    existing = store.put_bytes("augmented", b"second", "png")
+    stored = store.put_many("augmented", blobs)
+    assert [s.relpath for s in stored] == [
+        store.put_bytes("augmented", data, ext).relpath for data, ext in blobs
+    ]
+    assert stored[1] == existing
+    for item, (data, _) in zip(stored, blobs, strict=True):
+        assert store.abspath(item.relpath).read_bytes() == data
+        assert store.verify(item.relpath, item.sha256)
+    assert not list((store.home / "augmented").rglob(".tmp-*"))
+    assert store.put_many("augmented", []) == []

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from animexpr.config import Settings
@@ -58,6 +58,8 @@ RECIPE_VERSION = "face-safe-v1"
 Balance = Literal["proportional", "equal"]
 BALANCES: tuple[Balance, ...] = ("proportional", "equal")
 _INSERT_BATCH = 256
+# Augmented images a worker makes before storing them together (one round of fsyncs).
+IMAGES_PER_BATCH = 32
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -289,19 +291,50 @@ class JobResult:
     error: str | None = None
 
 
-def run_job(job: CropJob, recipe: Compose, store: FileStore) -> JobResult:
-    """Make every variant of one crop (decoded once); a bad crop file is a result, not an exception."""
-    try:
-        image = decode_crop(store.abspath(job.crop_relpath).read_bytes())
-    except (OSError, ValueError) as exc:
-        return JobResult(job.crop_id, len(job.variants), error=f"{job.crop_relpath}: {exc}")
-    files = []
-    for variant_index, seed in job.variants:
-        augmented, applied = apply_recipe(recipe, image, seed)
-        stored = store.put_bytes("augmented", encode_png(augmented), "png")
-        params = {"item_seed": seed, "applied": applied}
-        files.append(AugmentedFile(job.crop_id, variant_index, stored.relpath, stored.sha256, params))
-    return JobResult(job.crop_id, len(job.variants), tuple(files))
+def run_batch(jobs: Sequence[CropJob], recipe: Compose, store: FileStore) -> list[JobResult]:
+    """Make every variant of a few crops (each decoded once), then store all their PNGs together.
+
+    Storing them in one `put_many` shares the fsyncs, which otherwise cost more than making the image.
+    A crop file that cannot be read is a result with an error, not an exception.
+    """
+    errors: dict[int, str] = {}
+    blobs: list[tuple[bytes, str]] = []
+    made: list[tuple[int, int, dict[str, Any]]] = []  # (crop id, variant index, params) of each blob
+    for job in jobs:
+        try:
+            image = decode_crop(store.abspath(job.crop_relpath).read_bytes())
+        except (OSError, ValueError) as exc:
+            errors[job.crop_id] = f"{job.crop_relpath}: {exc}"
+            continue
+        for variant_index, seed in job.variants:
+            augmented, applied = apply_recipe(recipe, image, seed)
+            blobs.append((encode_png(augmented), "png"))
+            made.append((job.crop_id, variant_index, {"item_seed": seed, "applied": applied}))
+    files: dict[int, list[AugmentedFile]] = defaultdict(list)
+    for (crop_id, variant_index, params), stored in zip(
+        made, store.put_many("augmented", blobs), strict=True
+    ):
+        files[crop_id].append(AugmentedFile(crop_id, variant_index, stored.relpath, stored.sha256, params))
+    return [
+        JobResult(job.crop_id, len(job.variants), tuple(files[job.crop_id]), errors.get(job.crop_id))
+        for job in jobs
+    ]
+
+
+def batches(jobs: Sequence[CropJob], images: int = IMAGES_PER_BATCH) -> list[tuple[CropJob, ...]]:
+    """Consecutive jobs grouped into batches of about `images` augmented images."""
+    grouped: list[tuple[CropJob, ...]] = []
+    current: list[CropJob] = []
+    count = 0
+    for job in jobs:
+        current.append(job)
+        count += len(job.variants)
+        if count >= images:
+            grouped.append(tuple(current))
+            current, count = [], 0
+    if current:
+        grouped.append(tuple(current))
+    return grouped
 
 
 _worker: dict[str, Any] = {}
@@ -313,8 +346,8 @@ def _init_worker(home: str) -> None:
     _worker["store"] = FileStore(Path(home))
 
 
-def _run_in_worker(job: CropJob) -> JobResult:
-    return run_job(job, _worker["recipe"], _worker["store"])
+def _run_in_worker(batch: tuple[CropJob, ...]) -> list[JobResult]:
+    return run_batch(batch, _worker["recipe"], _worker["store"])
 
 
 def default_workers() -> int:
@@ -326,10 +359,11 @@ def default_workers() -> int:
 
 def run_jobs(jobs: Sequence[CropJob], store: FileStore, workers: int) -> Iterator[JobResult]:
     """Results in job order, from `workers` processes (or this one when workers is 1)."""
-    if workers <= 1 or len(jobs) < 2:
+    grouped = batches(jobs)
+    if workers <= 1 or len(grouped) < 2:
         recipe = build_recipe()
-        for job in jobs:
-            yield run_job(job, recipe, store)
+        for batch in grouped:
+            yield from run_batch(batch, recipe, store)
         return
     # fork: workers start in milliseconds with albumentations already imported; they touch no database.
     methods = multiprocessing.get_all_start_methods()
@@ -338,10 +372,10 @@ def run_jobs(jobs: Sequence[CropJob], store: FileStore, workers: int) -> Iterato
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(str(store.home),)
     )
     try:
-        chunk = max(1, min(16, len(jobs) // (workers * 8)))
-        yield from pool.map(_run_in_worker, jobs, chunksize=chunk)
+        for results in pool.map(_run_in_worker, grouped):
+            yield from results
     finally:
-        # On Ctrl-C, drop the jobs not started; files already written are complete (atomic store).
+        # On Ctrl-C, drop the batches not started; files already written are complete (atomic store).
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -383,19 +417,20 @@ def _save(engine: Engine, files: list[AugmentedFile], seed: int) -> None:
     """Rows for files that are already complete on disk (the store wrote them atomically)."""
     if not files:
         return
+    rows = [
+        {
+            "crop_id": f.crop_id,
+            "sha256": f.sha256,
+            "file_relpath": f.relpath,
+            "recipe_version": RECIPE_VERSION,
+            "seed": seed,
+            "variant_index": f.variant_index,
+            "params": f.params,
+        }
+        for f in files
+    ]
     with session_scope(engine) as session:
-        session.add_all(
-            Augmentation(
-                crop_id=f.crop_id,
-                sha256=f.sha256,
-                file_relpath=f.relpath,
-                recipe_version=RECIPE_VERSION,
-                seed=seed,
-                variant_index=f.variant_index,
-                params=f.params,
-            )
-            for f in files
-        )
+        session.execute(insert(Augmentation), rows)
 
 
 def _record_expansion(engine: Engine, plan: ExpansionPlan, max_distance: int) -> None:
