@@ -21,6 +21,7 @@ import re
 import statistics
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -29,11 +30,10 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Engine, Select, Table, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from animexpr.db.locking import lock_for_write
 from animexpr.db.models import Crop, CropState, Post, ReviewEvent, ReviewLease, utcnow
-from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
 from animexpr.store import atomic_write_bytes
 
@@ -338,6 +338,12 @@ class ReviewQueue:
         self.class_names = tuple(class_names)
         self.lease = timedelta(seconds=lease_seconds)
         self.is_postgres = engine.dialect.name == "postgresql"
+        # One factory for the queue's life: building a sessionmaker per call costs more than the queries.
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def _transaction(self) -> AbstractContextManager[Session]:
+        """A session in a transaction that commits when the block ends normally (as `session_scope`)."""
+        return self._sessions.begin()
 
     # -- leases ---------------------------------------------------------------------------------------
 
@@ -350,35 +356,47 @@ class ReviewQueue:
         exclude: Iterable[int] = (),
     ) -> list[dict[str, Any]]:
         """The next `count` crops for `reviewer`, leased to them; crops leased to others are skipped."""
-        count = max(1, min(int(count), MAX_ITEMS_PER_REQUEST))
-        excluded = list(exclude)[-MAX_EXCLUDED_IDS:]
-        queue_filter = queue_filter or QueueFilter()
         now = utcnow()
-        with session_scope(self.engine) as session:
+        query = self.next_query(reviewer, queue_filter or QueueFilter(), order, count, exclude, now)
+        with self._transaction() as session:
             lock_for_write(session)
-            query = (
-                select(Crop.id)
-                .outerjoin(ReviewLease, ReviewLease.crop_id == Crop.id)
-                .where(*queue_filter.conditions(), _free_for(reviewer, now))
-                .order_by(*order_by(order))
-                .limit(count)
-            )
-            if order is Order.CLUSTER:
-                query = query.where(Crop.duplicate_cluster.is_not(None))
-            if excluded:
-                query = query.where(Crop.id.not_in(excluded))
-            if self.is_postgres:
-                query = query.with_for_update(skip_locked=True, of=Crop)
             candidates = list(session.scalars(query))
             leased = self._upsert_leases(session, candidates, reviewer, now)
             return self._items(session, [crop_id for crop_id in candidates if crop_id in leased])
+
+    def next_query(
+        self,
+        reviewer: str,
+        queue_filter: QueueFilter,
+        order: Order,
+        count: int,
+        exclude: Iterable[int] = (),
+        now: datetime | None = None,
+    ) -> Select[int]:
+        """The ids of the next crops free for `reviewer` (the statement `lease_next` runs)."""
+        count = max(1, min(int(count), MAX_ITEMS_PER_REQUEST))
+        excluded = list(exclude)[-MAX_EXCLUDED_IDS:]
+        query = (
+            select(Crop.id)
+            .outerjoin(ReviewLease, ReviewLease.crop_id == Crop.id)
+            .where(*queue_filter.conditions(), _free_for(reviewer, now or utcnow()))
+            .order_by(*order_by(order))
+            .limit(count)
+        )
+        if order is Order.CLUSTER:
+            query = query.where(Crop.duplicate_cluster.is_not(None))
+        if excluded:
+            query = query.where(Crop.id.not_in(excluded))
+        if self.is_postgres:
+            query = query.with_for_update(skip_locked=True, of=Crop)
+        return query
 
     def renew_leases(self, reviewer: str, crop_ids: Iterable[int]) -> int:
         """Extend the caller's own leases (the page calls this while it shows them)."""
         ids = list(crop_ids)[:MAX_EXCLUDED_IDS]
         if not ids:
             return 0
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             result = session.execute(
                 update(ReviewLease)
                 .where(ReviewLease.crop_id.in_(ids), ReviewLease.reviewer == reviewer)
@@ -387,7 +405,7 @@ class ReviewQueue:
             return int(result.rowcount)  # type: ignore[attr-defined]
 
     def release_leases(self, reviewer: str, crop_ids: Iterable[int] | None = None) -> int:
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             statement = delete(ReviewLease).where(ReviewLease.reviewer == reviewer)
             if crop_ids is not None:
                 statement = statement.where(ReviewLease.crop_id.in_(list(crop_ids)))
@@ -414,7 +432,7 @@ class ReviewQueue:
 
     def decide(self, reviewer: str, crop_id: int, decision: str, label: str | None = None) -> DecisionResult:
         """Accept, reject or relabel (and accept) one crop; stored before this returns."""
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             lock_for_write(session)
             crop = self._locked_crop(session, crop_id)
             self._check_lease(session, reviewer, [crop_id])
@@ -436,7 +454,7 @@ class ReviewQueue:
         batch_id = uuid.uuid4().hex
         results: list[DecisionResult] = []
         skipped: dict[int, str] = {}
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             lock_for_write(session)
             crops = self._locked_crops(session, [crop_id for crop_id, _ in wanted])
             taken = self._leased_by_others(session, reviewer, list(crops))
@@ -516,7 +534,7 @@ class ReviewQueue:
         The crops come back leased to the reviewer so the page can show them again.
         """
         now = utcnow()
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             lock_for_write(session)
             undoable = _undoable_events(reviewer)
             target = session.scalars(undoable.order_by(ReviewEvent.id.desc()).limit(1)).first()
@@ -557,7 +575,7 @@ class ReviewQueue:
     # -- reading --------------------------------------------------------------------------------------
 
     def items(self, crop_ids: Sequence[int]) -> list[dict[str, Any]]:
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             return self._items(session, list(crop_ids))
 
     def item(self, crop_id: int) -> dict[str, Any]:
@@ -590,7 +608,7 @@ class ReviewQueue:
     def history(self, reviewer: str, limit: int = 50) -> list[dict[str, Any]]:
         """The crops of the reviewer's latest decisions that still stand, oldest first."""
         limit = max(1, min(int(limit), MAX_ITEMS_PER_REQUEST))
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             recent = session.scalars(
                 _undoable_events(reviewer).order_by(ReviewEvent.id.desc()).limit(limit * 2)
             ).all()
@@ -602,7 +620,7 @@ class ReviewQueue:
 
     def file_relpath(self, crop_id: int, which: str) -> str:
         """The store path of a crop's own image (`crop`) or of its source post's original (`source`)."""
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             if which == "crop":
                 relpath = session.scalar(select(Crop.file_relpath).where(Crop.id == crop_id))
             else:
@@ -617,7 +635,7 @@ class ReviewQueue:
 
     def stats(self, reviewer: str | None = None) -> dict[str, Any]:
         """Counts per class and state, decisions per reviewer, and the ETA at the reviewer's pace."""
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             counts = session.execute(
                 select(Crop.label, Crop.state, func.count()).group_by(Crop.label, Crop.state)
             )
@@ -660,7 +678,7 @@ class ReviewQueue:
         accepted = 0
         last_id = 0
         while True:
-            with session_scope(self.engine) as session:
+            with self._transaction() as session:
                 lock_for_write(session)
                 query = (
                     select(Crop)
@@ -690,7 +708,7 @@ class ReviewQueue:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(EXPORT_COLUMNS)
-        with session_scope(self.engine) as session:
+        with self._transaction() as session:
             latest = (
                 select(ReviewEvent.crop_id, func.max(ReviewEvent.id).label("event_id"))
                 .group_by(ReviewEvent.crop_id)
@@ -728,7 +746,7 @@ class ReviewQueue:
             except ReviewError as exc:
                 report.errors.append(LineError(line_number, str(exc)))
         for start in range(0, len(parsed), _CHUNK):
-            with session_scope(self.engine) as session:
+            with self._transaction() as session:
                 lock_for_write(session)
                 for line_number, line in parsed[start : start + _CHUNK]:
                     try:

@@ -10,7 +10,6 @@ import hashlib
 import io
 import os
 import random
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import uvicorn
 from PIL import Image, ImageDraw
 from sqlalchemy import Engine
 
+from animexpr.curate.review_app import bind_socket
 from animexpr.db.models import Crop, Post, PostState
 from animexpr.db.session import session_scope
 from animexpr.store import FileStore
@@ -164,9 +164,7 @@ class LiveServer:
     """A real uvicorn server on 127.0.0.1 in a thread, on a free port."""
 
     def __init__(self, app: object) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(("127.0.0.1", 0))
+        self.socket = bind_socket("127.0.0.1", 0)
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")  # type: ignore[arg-type]

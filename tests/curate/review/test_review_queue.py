@@ -21,7 +21,6 @@ from animexpr.curate.review import (
     QueueFilter,
     ReviewError,
     ReviewQueue,
-    order_by,
 )
 from animexpr.db.models import Crop, CropState, ReviewEvent, ReviewLease, utcnow
 from animexpr.db.session import open_db, session_scope
@@ -286,21 +285,10 @@ def _plan(engine: Engine, statement: object) -> str:
 
 @pytest.mark.parametrize("order", list(Order))
 @pytest.mark.parametrize("label", [None, "smile"])
-def test_next_item_query_reads_an_index_in_order(engine: Engine, order: Order, label: str | None) -> None:
+def test_next_item_query_reads_an_index_in_order(queue: ReviewQueue, order: Order, label: str | None) -> None:
     """No sort of the whole queue for any order, with or without a class filter (SQLite's plan)."""
-    from animexpr.curate.review import _free_for
-
-    conditions = QueueFilter(labels=(label,) if label else ()).conditions()
-    statement = (
-        select(Crop.id)
-        .outerjoin(ReviewLease, ReviewLease.crop_id == Crop.id)
-        .where(*conditions, _free_for("alice", utcnow()))
-        .order_by(*order_by(order))
-        .limit(10)
-    )
-    if order is Order.CLUSTER:
-        statement = statement.where(Crop.duplicate_cluster.is_not(None))
-    plan = _plan(engine, statement)
+    queue_filter = QueueFilter(labels=(label,) if label else ())
+    plan = _plan(queue.engine, queue.next_query("alice", queue_filter, order, 10, exclude=[1, 2, 3]))
     assert "INDEX" in plan, plan
     if not (label and order is Order.CLUSTER):  # a class inside one duplicate cluster is a handful of rows
         assert "TEMP B-TREE" not in plan, plan

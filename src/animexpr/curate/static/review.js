@@ -97,9 +97,11 @@ function applyResult(result) {
 }
 
 function bump(label, state, delta) {
+  // A relabel moves the crop from one class's counts to another's, so totals move too.
   for (const counts of [S.stats.classes[label], S.stats.total]) {
     if (!counts) continue;
     counts[state] = (counts[state] || 0) + delta;
+    counts.total += delta;
     counts.done = counts.total - counts.pending;
   }
 }
@@ -340,6 +342,7 @@ function classColor(label) {
 }
 
 function renderSingle(item) {
+  $("#single-view").dataset.cropId = item.id;
   const cropImage = $("#crop-img");
   if (cropImage.getAttribute("src") !== item.image) cropImage.src = item.image;
   $(".crop-pane").className = `crop-pane state-${item.state}`;
@@ -469,6 +472,7 @@ function renderGrid() {
     tile.children[2].textContent = item.score === null ? "—" : item.score.toFixed(2);
     tile.className = "tile" + (S.marks.has(item.id) ? " marked" : "") + (index === S.gridSel ? " cursor" : "") +
       (item.state !== "pending" ? ` state-${item.state}` : "");
+    if (index === S.gridSel) tile.scrollIntoView({ block: "nearest" });
   });
   while (tiles.length > page.length) tiles[tiles.length - 1].remove();
 }
@@ -645,6 +649,7 @@ async function start() {
   S.cursor = S.items.length;
   await fillQueue(S.mode === "grid" ? S.config.grid_size : AHEAD);
   render();
+  performance.mark("review-ready"); // the first crop is on screen (bench/review.py reads this)
   document.body.dataset.ready = "1";
   setInterval(() => refreshStats().catch(showError), STATS_EVERY_MS);
   setInterval(renewLeases, RENEW_EVERY_MS);

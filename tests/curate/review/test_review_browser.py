@@ -1,0 +1,276 @@
+"""The review page in real Chromium: real key presses, then the database is read back.
+
+Needs Debian's `chromium` (driven by Playwright for Python, never a downloaded browser). Screenshots of
+single and grid mode land in ANIMEXPR_SCREENSHOT_DIR when it is set (for a person to look at).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from review_testdata import CHROMIUM, CHROMIUM_FLAGS, LiveServer, SeededCrops, seed_crops
+from sqlalchemy import Engine, select
+
+from animexpr.config import Settings
+from animexpr.curate.review_app import ReviewAppConfig, create_app
+from animexpr.db.models import Crop, ReviewEvent, ReviewLease
+from animexpr.db.session import session_scope
+from animexpr.store import FileStore
+
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is missing: install Debian's chromium and chromium-driver to run the browser tests",
+        allow_module_level=True,
+    )
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+
+PER_CLASS = 15  # 60 crops: more than one grid page of 48
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def crops(engine: Engine, store: FileStore, settings: Settings) -> SeededCrops:
+    return seed_crops(engine, store, settings.class_names, per_class=PER_CLASS)
+
+
+@pytest.fixture
+def server(engine: Engine, settings: Settings, crops: SeededCrops) -> Iterator[LiveServer]:
+    app = create_app(engine, settings, ReviewAppConfig(reviewer="alice"))
+    with LiveServer(app) as live:
+        yield live
+
+
+@pytest.fixture
+def open_page(browser: Any, server: LiveServer) -> Iterator[Callable[..., Any]]:
+    contexts: list[Any] = []
+
+    def opener(reviewer: str | None = None) -> Any:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        contexts.append(context)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.errors = errors
+        page.goto(server.url + ("/" if reviewer is None else f"/?reviewer={reviewer}"))
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        return page
+
+    yield opener
+    for context in contexts:
+        context.close()
+
+
+def press(page: Any, key: str, endpoint: str = "/api/decide") -> dict[str, Any]:
+    """Press a real key and wait for the request it sends; returns the server's JSON answer."""
+    with page.expect_response(lambda response: response.url.endswith(endpoint), timeout=10000) as answer:
+        page.keyboard.press(key)
+    response = answer.value
+    assert response.ok, response.text()
+    return dict(response.json())
+
+
+def current_crop(page: Any) -> int:
+    page.wait_for_selector("#single-view:not([hidden])", timeout=10000)
+    return int(page.get_attribute("#single-view", "data-crop-id"))
+
+
+def wait_for_crop_change(page: Any, before: int) -> int:
+    deadline = time.monotonic() + 10
+    while (now := current_crop(page)) == before:
+        assert time.monotonic() < deadline, f"the page still shows crop {before}"
+        page.wait_for_timeout(20)
+    return now
+
+
+def wait_until(page: Any, condition: Callable[[], bool], what: str) -> None:
+    """Poll from Python: the page's CSP forbids the string evaluation Playwright's own waiting uses."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        page.wait_for_timeout(25)
+
+
+def tile_count(page: Any, selector: str = "#grid .tile") -> int:
+    return len(page.query_selector_all(selector))
+
+
+def events(engine: Engine) -> list[ReviewEvent]:
+    with session_scope(engine) as session:
+        return list(session.scalars(select(ReviewEvent).order_by(ReviewEvent.id)))
+
+
+def crop_row(engine: Engine, crop_id: int) -> Crop:
+    with session_scope(engine) as session:
+        crop = session.get(Crop, crop_id)
+        assert crop is not None
+        return crop
+
+
+def test_single_mode_keys_accept_reject_relabel_undo(
+    open_page: Callable[..., Any], engine: Engine, settings: Settings, crops: SeededCrops
+) -> None:
+    page = open_page()
+    first = current_crop(page)
+    press(page, "a")
+    second = wait_for_crop_change(page, first)
+    press(page, "x")
+    third = wait_for_crop_change(page, second)
+    new_label = next(name for name in settings.class_names if name != crops.labels[third])
+    press(page, str(settings.class_names.index(new_label) + 1))
+    fourth = wait_for_crop_change(page, third)
+    assert [(e.crop_id, e.decision, e.reviewer) for e in events(engine)] == [
+        (first, "accept", "alice"),
+        (second, "reject", "alice"),
+        (third, "relabel", "alice"),
+    ]
+    assert crop_row(engine, first).state == "accepted"
+    assert crop_row(engine, second).state == "rejected"
+    assert (crop_row(engine, third).state, crop_row(engine, third).label) == ("accepted", new_label)
+
+    # u undoes the relabel and shows that crop again; Backspace then undoes the reject.
+    press(page, "u", "/api/undo")
+    assert wait_for_crop_change(page, fourth) == third
+    assert (crop_row(engine, third).state, crop_row(engine, third).label) == ("pending", crops.labels[third])
+    press(page, "Backspace", "/api/undo")
+    assert wait_for_crop_change(page, third) == second
+    assert crop_row(engine, second).state == "pending"
+    assert [e.decision for e in events(engine)] == ["accept", "reject", "relabel", "undo", "undo"]
+
+    # k goes back to an earlier decision, which can be changed; j moves forward again.
+    page.keyboard.press("k")
+    assert wait_for_crop_change(page, second) == first
+    assert page.text_content("#state-badge").startswith("accepted")
+    press(page, "x")
+    assert crop_row(engine, first).state == "rejected"
+    assert current_crop(page) == second
+    assert page.errors == []
+
+
+def test_reload_in_the_middle_loses_nothing_and_resumes(
+    open_page: Callable[..., Any], engine: Engine, crops: SeededCrops
+) -> None:
+    page = open_page()
+    decided = []
+    for key in "aaxa":
+        shown = current_crop(page)
+        press(page, key)
+        decided.append(shown)
+        wait_for_crop_change(page, shown)
+    waiting = current_crop(page)
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert current_crop(page) == waiting  # the same crop, still leased to alice
+    assert [e.crop_id for e in events(engine)] == decided
+    assert [crop_row(engine, c).state for c in decided] == ["accepted", "accepted", "rejected", "accepted"]
+    # The history came back with the page: k walks back over the decisions made before the reload.
+    page.keyboard.press("k")
+    assert wait_for_crop_change(page, waiting) == decided[-1]
+    page.keyboard.press("k")
+    assert wait_for_crop_change(page, decided[-1]) == decided[-2]
+    assert page.text_content("#state-badge").startswith("rejected")
+    assert page.errors == []
+
+
+def test_grid_mode_marks_then_enter_then_undo(
+    open_page: Callable[..., Any], engine: Engine, crops: SeededCrops, tmp_path: Path
+) -> None:
+    page = open_page()
+    page.keyboard.press("g")
+    wait_until(page, lambda: tile_count(page) == 48, "a full grid page")
+    tiles = page.query_selector_all("#grid .tile")
+    page_ids = [int(tile.get_attribute("data-id")) for tile in tiles]
+    page.keyboard.press("Space")  # marks the first tile
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("x")  # marks the third
+    tiles[10].click()  # a click marks too
+    marked = {page_ids[0], page_ids[2], page_ids[10]}
+    assert len(page.query_selector_all("#grid .tile.marked")) == 3
+    saved = press(page, "Enter", "/api/grid")
+    assert len(saved["results"]) == 48
+    rows = {e.crop_id: e for e in events(engine)}
+    assert set(rows) == set(page_ids)
+    assert {c for c, e in rows.items() if e.state_after == "rejected"} == marked
+    assert len({e.batch_id for e in rows.values()}) == 1
+    # The next page shows the 12 crops that are left, none of the decided ones.
+    wait_until(page, lambda: tile_count(page) == 12, "the last 12 crops")
+    rest = {int(tile.get_attribute("data-id")) for tile in page.query_selector_all("#grid .tile")}
+    assert rest == set(crops.ids) - set(page_ids)
+    # u takes the whole page back, with its marks.
+    undone = press(page, "u", "/api/undo")
+    assert len(undone["results"]) == 48
+    wait_until(page, lambda: tile_count(page, "#grid .tile.marked") == 3, "the marks to come back")
+    marked_again = {
+        int(tile.get_attribute("data-id")) for tile in page.query_selector_all("#grid .tile.marked")
+    }
+    assert marked_again == marked
+    assert all(crop_row(engine, c).state == "pending" for c in page_ids)
+    assert page.errors == []
+
+
+def test_two_reviewers_at_once_never_see_the_same_crop(
+    open_page: Callable[..., Any], engine: Engine, crops: SeededCrops
+) -> None:
+    alice = open_page("alice")
+    bob = open_page("bob")
+    seen: dict[str, list[int]] = {"alice": [], "bob": []}
+    for _ in range(5):
+        for name, page in (("alice", alice), ("bob", bob)):
+            shown = current_crop(page)
+            seen[name].append(shown)
+            press(page, "a")
+            wait_for_crop_change(page, shown)
+    assert not set(seen["alice"]) & set(seen["bob"])
+    by_reviewer: dict[str, set[int]] = {"alice": set(), "bob": set()}
+    for event in events(engine):
+        by_reviewer[event.reviewer].add(event.crop_id)
+    assert by_reviewer == {"alice": set(seen["alice"]), "bob": set(seen["bob"])}
+    # What each page holds ahead is leased to that reviewer alone.
+    with session_scope(engine) as session:
+        leases = dict(session.execute(select(ReviewLease.crop_id, ReviewLease.reviewer)).all())
+    assert current_crop(alice) != current_crop(bob)
+    assert leases[current_crop(alice)] == "alice"
+    assert leases[current_crop(bob)] == "bob"
+    assert alice.errors == []
+    assert bob.errors == []
+
+
+def test_screenshots_of_single_and_grid_mode(open_page: Callable[..., Any], tmp_path: Path) -> None:
+    folder = Path(os.environ.get("ANIMEXPR_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page = open_page()
+    for key in "ax":
+        shown = current_crop(page)
+        press(page, key)
+        wait_for_crop_change(page, shown)
+    page.wait_for_selector("#face-box:not([hidden])", timeout=10000)
+    box = page.eval_on_selector("#face-box", "element => element.getBoundingClientRect().width")
+    assert box > 20  # the detector box is drawn over the source at a visible size
+    page.screenshot(path=str(folder / "review-single.png"))
+    page.keyboard.press("g")
+    wait_until(page, lambda: tile_count(page) == 48, "a full grid page")
+    page.keyboard.press("Space")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Space")
+    all_loaded = (
+        "() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    wait_until(page, lambda: bool(page.evaluate(all_loaded)), "the grid images")
+    page.screenshot(path=str(folder / "review-grid.png"))
+    for name in ("review-single.png", "review-grid.png"):
+        assert (folder / name).stat().st_size > 50_000, name  # real pictures, not an empty page
+    assert page.errors == []
