@@ -3,7 +3,7 @@
 The runs are 4 iterations of 32 px networks, so their scores mean nothing; the tests check the plumbing:
 counts, the PNGs that were scored (one class's FID and KID are recomputed from them), caches, the report, the
 figure's layout. They need the Inception weights (and skip without them) and use the real face crops of
-ANIMEXPR_ASSETS when set, generated images if not."""
+ANIMEXPR_ASSETS when set, generated images if not. Marked slow: the two runs take ~20 s on 2 cores."""
 
 from __future__ import annotations
 
@@ -123,6 +123,7 @@ def _png(
         return np.asarray(rgb if size is None else rgb.resize((size, size), resample))
 
 
+@pytest.mark.slow
 def test_eval_json_holds_every_target_class_and_the_measures(runs: dict[str, Path]) -> None:
     for variant, run_dir in runs.items():
         report = _report(run_dir)
@@ -156,6 +157,7 @@ def test_eval_json_holds_every_target_class_and_the_measures(runs: dict[str, Pat
         assert f"| mean |  |  | {mean['fid']:.2f} |" in table
 
 
+@pytest.mark.slow
 def test_generated_pngs_are_what_was_scored(
     runs: dict[str, Path], snapshot: Path, inception_weights: Path
 ) -> None:
@@ -181,6 +183,7 @@ def test_generated_pngs_are_what_was_scored(
     )
 
 
+@pytest.mark.slow
 def test_evaluate_command_reuses_the_cached_classifier_and_real_features(
     runs: dict[str, Path], cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,6 +204,7 @@ def test_evaluate_command_reuses_the_cached_classifier_and_real_features(
     assert _report(runs["stargan"])["created"] == printed["created"]
 
 
+@pytest.mark.slow
 def test_compare_writes_table_one_and_the_figure(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     result = compare_runs([runs["stargan"], runs["ours"]], out, rows=4)
@@ -234,6 +238,7 @@ def test_compare_writes_table_one_and_the_figure(runs: dict[str, Path], tmp_path
     assert np.array_equal(figure[header : header + size, :size], input_tile)
 
 
+@pytest.mark.slow
 def test_compare_warns_when_runs_are_not_comparable(runs: dict[str, Path], tmp_path: Path) -> None:
     other = tmp_path / runs["ours"].name
     shutil.copytree(runs["ours"], other)
@@ -245,6 +250,7 @@ def test_compare_warns_when_runs_are_not_comparable(runs: dict[str, Path], tmp_p
     assert "Warnings:" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_compare_command(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     arguments = [
@@ -285,6 +291,7 @@ def _copy_snapshot(snapshot: Path, out: Path, edit: dict[str, Any], relabel: boo
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_snapshot_without_test_images_or_with_other_classes(
     runs: dict[str, Path], snapshot: Path, tmp_path: Path
 ) -> None:
