@@ -44,10 +44,10 @@ def evaluate(
     ctx: typer.Context,
     run: Annotated[Path, typer.Argument(help="Run folder (or a G_ema-*.safetensors file in one).")],
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Generator file to score [default: the run's newest].")
+        Path | None, typer.Option(help="Generator file to score (default: the run's newest).")
     ] = None,
     snapshot: Annotated[
-        str | None, typer.Option(help="Snapshot NAME or folder [default: the one the run trained on].")
+        str | None, typer.Option(help="Snapshot NAME or folder (default: the one the run trained on).")
     ] = None,
     reference: Annotated[
         str, typer.Option(help="Real images of the target class for FID/KID: all, train or test splits.")
@@ -56,10 +56,12 @@ def evaluate(
     batch: Annotated[int, typer.Option(help="Test images per generator batch.")] = 32,
     inception: Annotated[
         Path | None,
-        typer.Option(help="Inception TorchScript [env: ANIMEXPR_INCEPTION; else cache or fetch]."),
+        typer.Option(
+            help="Inception TorchScript (env ANIMEXPR_INCEPTION; else the user cache, else a fetch)."
+        ),
     ] = None,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache of real features and classifiers [default: user cache].")
+        Path | None, typer.Option(help="Cache of real features and classifiers (default: ~/.cache/animexpr).")
     ] = None,
     classifier_epochs: Annotated[int, typer.Option(help="Epochs of the expression classifier.")] = 30,
     save_images: Annotated[bool, typer.Option(help="Write the translations as PNG files.")] = True,
@@ -102,7 +104,7 @@ def evaluate(
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Evaluated run folders.")],
     out: Annotated[Path, typer.Option(help="Markdown report to write.")] = Path("report.md"),
-    figure: Annotated[Path | None, typer.Option(help="Figure PNG [default: beside the report].")] = None,
+    figure: Annotated[Path | None, typer.Option(help="Figure PNG (default: beside the report).")] = None,
     rows: Annotated[int, typer.Option(help="Test inputs shown in the figure.")] = 8,
 ) -> None:
     """Table 1 for these runs (FID, KID, expression accuracy, identity, size, speed) and a figure."""
