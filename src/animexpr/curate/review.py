@@ -28,7 +28,20 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Engine, Select, Table, and_, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -296,9 +309,43 @@ def _iso(moment: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def crop_item(crop: Crop, post: Post | None) -> dict[str, Any]:
-    """What the review page shows about one crop (JSON-ready); images are addressed by crop id only."""
-    has_source = post is not None and bool(post.file_relpath)
+# What a crop item is read from: crop columns, and its post's (outer-joined, so possibly None).
+ITEM_COLUMNS = (
+    Crop.id,
+    Crop.label,
+    Crop.state,
+    Crop.detection_score,
+    Crop.crop_size,
+    Crop.size_px,
+    Crop.detector,
+    Crop.detections_count,
+    Crop.face_index,
+    Crop.faces_policy,
+    Crop.duplicate_cluster,
+    Crop.sha256,
+    Crop.box_x,
+    Crop.box_y,
+    Crop.box_w,
+    Crop.box_h,
+    Crop.crop_x,
+    Crop.crop_y,
+    Crop.post_id,
+    Post.width.label("post_width"),
+    Post.height.label("post_height"),
+    Post.rating.label("post_rating"),
+    Post.score.label("post_score"),
+    Post.file_relpath.label("post_file"),
+)
+# What a decision needs to know about a crop, read under the row lock.
+CROP_NOW_COLUMNS = (Crop.id, Crop.state, Crop.label, Crop.sha256)
+CropNow = Any  # a row of CROP_NOW_COLUMNS
+
+
+def crop_item(crop: Any) -> dict[str, Any]:
+    """What the review page shows about one crop (a row of ITEM_COLUMNS), JSON-ready.
+
+    Images are addressed by crop id only.
+    """
     return {
         "id": crop.id,
         "label": crop.label,
@@ -316,13 +363,13 @@ def crop_item(crop: Crop, post: Post | None) -> dict[str, Any]:
         "crop_box": [crop.crop_x, crop.crop_y, crop.crop_size],
         "post": {
             "id": crop.post_id,
-            "width": post.width if post else None,
-            "height": post.height if post else None,
-            "rating": post.rating if post else None,
-            "score": post.score if post else None,
+            "width": crop.post_width,
+            "height": crop.post_height,
+            "rating": crop.post_rating,
+            "score": crop.post_score,
         },
         "image": f"/api/crops/{crop.id}/image",
-        "source": f"/api/crops/{crop.id}/source" if has_source else None,
+        "source": f"/api/crops/{crop.id}/source" if crop.post_file else None,
     }
 
 
@@ -447,8 +494,8 @@ class ReviewQueue:
         """
         if set(accept_ids) & set(reject_ids):
             raise ReviewError("a crop cannot be both accepted and rejected")
-        wanted = [(crop_id, Decision.ACCEPT) for crop_id in accept_ids]
-        wanted += [(crop_id, Decision.REJECT) for crop_id in reject_ids]
+        wanted = [(crop_id, Decision.ACCEPT) for crop_id in dict.fromkeys(accept_ids)]
+        wanted += [(crop_id, Decision.REJECT) for crop_id in dict.fromkeys(reject_ids)]
         if len(wanted) > MAX_ITEMS_PER_REQUEST:
             raise ReviewError(f"at most {MAX_ITEMS_PER_REQUEST} crops per page")
         batch_id = uuid.uuid4().hex
@@ -472,7 +519,7 @@ class ReviewQueue:
         self,
         session: Session,
         reviewer: str,
-        crop: Crop,
+        crop: CropNow,
         decision: str,
         label: str | None,
         batch_id: str | None,
@@ -481,7 +528,7 @@ class ReviewQueue:
         session.execute(delete(ReviewLease).where(ReviewLease.crop_id == crop.id))
         return _append_event(session, reviewer, crop, decision, state_after, label_after, batch_id)
 
-    def _target(self, crop: Crop, decision: str, label: str | None) -> tuple[str, str, Decision]:
+    def _target(self, crop: CropNow, decision: str, label: str | None) -> tuple[str, str, Decision]:
         match decision:
             case Decision.ACCEPT:
                 new_label = crop.label if label is None else check_label(label, self.class_names)
@@ -497,17 +544,16 @@ class ReviewQueue:
                 return CropState.ACCEPTED, new_label, kind
         raise ReviewError(f"decision {decision!r}: use accept, reject or relabel")
 
-    def _locked_crop(self, session: Session, crop_id: int) -> Crop:
+    def _locked_crop(self, session: Session, crop_id: int) -> CropNow:
         crop = self._locked_crops(session, [crop_id]).get(crop_id)
         if crop is None:
             raise CropNotFound(f"no crop with id {crop_id}")
         return crop
 
-    def _locked_crops(self, session: Session, crop_ids: list[int]) -> dict[int, Crop]:
+    def _locked_crops(self, session: Session, crop_ids: list[int]) -> dict[int, CropNow]:
         if not crop_ids:
             return {}
-        query = select(Crop).where(Crop.id.in_(crop_ids)).order_by(Crop.id).with_for_update(of=Crop)
-        return {crop.id: crop for crop in session.scalars(query)}
+        return {crop.id: crop for crop in _crops_now(session, Crop.id.in_(crop_ids))}
 
     def _leased_by_others(self, session: Session, reviewer: str, crop_ids: list[int]) -> dict[int, str]:
         if not crop_ids:
@@ -589,19 +635,22 @@ class ReviewQueue:
         if not crop_ids:
             return []
         rows = session.execute(
-            select(Crop, Post).outerjoin(Post, Post.id == Crop.post_id).where(Crop.id.in_(crop_ids))
+            select(*ITEM_COLUMNS).outerjoin(Post, Post.id == Crop.post_id).where(Crop.id.in_(crop_ids))
         )
-        by_id = {crop.id: crop_item(crop, post) for crop, post in rows}
+        by_id = {row.id: crop_item(row) for row in rows}
         latest = (
             select(func.max(ReviewEvent.id))
             .where(ReviewEvent.crop_id.in_(crop_ids))
             .group_by(ReviewEvent.crop_id)
         )
-        for event in session.scalars(select(ReviewEvent).where(ReviewEvent.id.in_(latest))):
-            by_id[event.crop_id]["last_event"] = {
-                "reviewer": event.reviewer,
-                "decision": event.decision,
-                "at": _iso(event.created_at),
+        events = select(
+            ReviewEvent.crop_id, ReviewEvent.reviewer, ReviewEvent.decision, ReviewEvent.created_at
+        )
+        for row in session.execute(events.where(ReviewEvent.id.in_(latest))):
+            by_id[row.crop_id]["last_event"] = {
+                "reviewer": row.reviewer,
+                "decision": row.decision,
+                "at": _iso(row.created_at),
             }
         return [by_id[crop_id] for crop_id in crop_ids if crop_id in by_id]
 
@@ -681,14 +730,14 @@ class ReviewQueue:
             with self._transaction() as session:
                 lock_for_write(session)
                 query = (
-                    select(Crop)
+                    select(*CROP_NOW_COLUMNS)
                     .outerjoin(ReviewLease, ReviewLease.crop_id == Crop.id)
                     .where(*pending_filter.conditions(), _free_for(reviewer, utcnow()), Crop.id > last_id)
                     .order_by(Crop.id)
                     .limit(_CHUNK)
                     .with_for_update(of=Crop, skip_locked=True)
                 )
-                crops = list(session.scalars(query))
+                crops = list(session.execute(query))
                 if not crops:
                     return accepted
                 last_id = crops[-1].id
@@ -782,7 +831,7 @@ class ReviewQueue:
         self, session: Session, reviewer: str, line: _ImportLine, batch_id: str, report: ImportReport
     ) -> None:
         if line.crop_id is not None:
-            crops = list(session.scalars(select(Crop).where(Crop.id == line.crop_id).with_for_update()))
+            crops = _crops_now(session, Crop.id == line.crop_id)
             if not crops:
                 raise ReviewError(f"no crop with id {line.crop_id}")
             if line.sha256 and crops[0].sha256 != line.sha256:
@@ -790,7 +839,7 @@ class ReviewQueue:
                     f"crop {line.crop_id} has sha256 {crops[0].sha256[:12]}..., not {line.sha256[:12]}..."
                 )
         else:
-            crops = list(session.scalars(select(Crop).where(Crop.sha256 == line.sha256).with_for_update()))
+            crops = _crops_now(session, Crop.sha256 == line.sha256)
             if not crops:
                 raise ReviewError(f"no crop with sha256 {line.sha256}")
         for crop in crops:
@@ -830,7 +879,7 @@ def _import_state(value: str) -> str | None:
     }.get(value)
 
 
-def _import_decision(crop: Crop, state_after: str, label_after: str) -> Decision:
+def _import_decision(crop: CropNow, state_after: str, label_after: str) -> Decision:
     if state_after == CropState.PENDING:
         return Decision.RESET
     if state_after == CropState.REJECTED:
@@ -896,37 +945,50 @@ def _undoable_events(reviewer: str) -> Select[ReviewEvent]:
     )
 
 
+def _crops_now(session: Session, condition: ColumnElement[bool]) -> list[CropNow]:
+    """Id, state, label and hash of the crops matching `condition`, read fresh and row-locked."""
+    query = select(*CROP_NOW_COLUMNS).where(condition).order_by(Crop.id).with_for_update(of=Crop)
+    return list(session.execute(query))
+
+
 def _append_event(
     session: Session,
     reviewer: str,
-    crop: Crop,
+    crop: CropNow,
     decision: str,
     state_after: str,
     label_after: str,
     batch_id: str | None,
     undoes_event_id: int | None = None,
 ) -> DecisionResult:
-    """Record one decision and apply it to the crop row, in the caller's transaction."""
+    """Record one decision and apply it to the crop row, in the caller's transaction.
+
+    `crop` is the crop as read under its row lock in this transaction (CROP_NOW_COLUMNS).
+    """
     state_before, label_before = crop.state, crop.label
     if decision != Decision.UNDO and (state_before, label_before) == (state_after, label_after):
         return DecisionResult(
             crop.id, reviewer, decision, state_before, state_after, label_before, label_after
         )
-    event = ReviewEvent(
-        crop_id=crop.id,
-        reviewer=reviewer,
-        decision=decision,
-        state_before=state_before,
-        state_after=state_after,
-        label_before=label_before,
-        label_after=label_after,
-        undoes_event_id=undoes_event_id,
-        batch_id=batch_id,
+    event_id = session.execute(
+        insert(ReviewEvent)
+        .values(
+            crop_id=crop.id,
+            reviewer=reviewer,
+            decision=decision,
+            state_before=state_before,
+            state_after=state_after,
+            label_before=label_before,
+            label_after=label_after,
+            undoes_event_id=undoes_event_id,
+            batch_id=batch_id,
+        )
+        .returning(ReviewEvent.id)
+    ).scalar_one()
+    session.execute(
+        update(Crop).where(Crop.id == crop.id).values(state=state_after, label=label_after),
+        execution_options={"synchronize_session": False},
     )
-    session.add(event)
-    crop.state = state_after
-    crop.label = label_after
-    session.flush()
     return DecisionResult(
         crop.id,
         reviewer,
@@ -935,7 +997,7 @@ def _append_event(
         state_after,
         label_before,
         label_after,
-        event_id=event.id,
+        event_id=event_id,
         undoes_event_id=undoes_event_id,
     )
 
