@@ -18,7 +18,6 @@ import io
 import itertools
 import logging
 import re
-import statistics
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -58,7 +57,9 @@ MAX_EXCLUDED_IDS = 5000
 # Gaps between two decisions longer than this are breaks, not the reviewer's pace.
 PACE_BREAK_SECONDS = 120.0
 PACE_WINDOW_EVENTS = 200
-PACE_MIN_GAPS = 3
+PACE_MIN_DECISIONS = 3
+# A grid page may take this much longer per crop on it before the gap counts as a break.
+PACE_BATCH_ITEM_SECONDS = 5.0
 BULK_ACCEPT_REVIEWER = "bulk-accept"
 CSV_IMPORT_REVIEWER = "csv-import"
 _CHUNK = 500
@@ -1003,25 +1004,37 @@ def _append_event(
 
 
 def _pace_seconds(session: Session, reviewer: str) -> float | None:
-    """Median seconds between the reviewer's recent decisions, breaks left out; None until there are a few."""
-    moments = [
-        _as_utc(moment)
-        for moment in session.scalars(
-            select(ReviewEvent.created_at)
-            .where(ReviewEvent.reviewer == reviewer)
-            .order_by(ReviewEvent.id.desc())
-            .limit(PACE_WINDOW_EVENTS)
-        )
-    ]
-    gaps = [
-        (newer - older).total_seconds()
-        for newer, older in itertools.pairwise(moments)
-        if newer is not None and older is not None
-    ]
-    gaps = [gap for gap in gaps if 0 <= gap <= PACE_BREAK_SECONDS]
-    if len(gaps) < PACE_MIN_GAPS:
+    """Seconds per crop over the reviewer's recent decisions, breaks left out; None until there are a few.
+
+    A grid page is one moment that decided many crops: the time since the moment before is spread over all
+    of them (and may be longer before it counts as a break). Undo events are not decisions.
+    """
+    rows = session.execute(
+        select(ReviewEvent.created_at, ReviewEvent.batch_id)
+        .where(ReviewEvent.reviewer == reviewer, ReviewEvent.decision != Decision.UNDO)
+        .order_by(ReviewEvent.id.desc())
+        .limit(PACE_WINDOW_EVENTS)
+    ).all()
+    moments: list[tuple[datetime, int]] = []  # newest first: (when, crops decided then)
+    previous_batch: str | None = None
+    for created_at, batch_id in rows:
+        when = _as_utc(created_at)
+        assert when is not None
+        if batch_id is not None and batch_id == previous_batch:
+            moments[-1] = (max(moments[-1][0], when), moments[-1][1] + 1)
+        else:
+            moments.append((when, 1))
+        previous_batch = batch_id
+    active_seconds = 0.0
+    decided = 0
+    for (newer, crops), (older, _) in itertools.pairwise(moments):
+        gap = (newer - older).total_seconds()
+        if 0 <= gap <= PACE_BREAK_SECONDS + PACE_BATCH_ITEM_SECONDS * (crops - 1):
+            active_seconds += gap
+            decided += crops
+    if decided < PACE_MIN_DECISIONS:
         return None
-    return round(statistics.median(gaps), 3)
+    return round(active_seconds / decided, 3)
 
 
 def _progress(counts: dict[str, int], pace: float | None) -> dict[str, Any]:

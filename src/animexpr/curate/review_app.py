@@ -13,6 +13,7 @@ Safety, in the order the guard applies it:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -229,6 +230,9 @@ def _count(value: Any) -> int:
 def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> Starlette:
     """The review app over one database and store; `config.reviewer` is the default reviewer name."""
     check_reviewer(config.reviewer)
+    if config.token is not None and not config.token:
+        # An empty token would make "Authorization: Bearer " a valid login.
+        config = dataclasses.replace(config, token=None)
     queue = ReviewQueue(engine, settings.class_names, config.lease_seconds)
     store = FileStore(settings.home)
     static = _load_static()

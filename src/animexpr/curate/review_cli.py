@@ -71,6 +71,7 @@ def review(
         return
     state = get_state(ctx)
     name = check_reviewer(reviewer or default_reviewer())
+    token = token or None  # ANIMEXPR_REVIEW_TOKEN="" means no token
     warning = listen_warning(host, token)
     if not 1 <= grid_size <= 200:
         raise ReviewError("--grid-size: between 1 and 200")

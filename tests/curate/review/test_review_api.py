@@ -261,3 +261,11 @@ def test_a_missing_file_is_a_clear_404(client: TestClient, engine: Engine, store
     response = client.get(f"/api/crops/{crop_id}/image")
     assert response.status_code == 404
     assert "missing from the store" in response.json()["error"]
+
+
+def test_an_empty_token_is_no_token(engine: Engine, settings: Settings, seeded: SeededCrops) -> None:
+    app = create_app(engine, settings, ReviewAppConfig(reviewer="alice", token=""))
+    with TestClient(app, base_url=BASE) as empty:
+        refused = empty.post("/api/next", json={}, headers={"Authorization": "Bearer "})
+        assert refused.status_code == 403  # no Origin, and an empty bearer is not a login
+        assert empty.get("/api/config", headers={"Host": "192.168.1.20:8765"}).status_code == 421

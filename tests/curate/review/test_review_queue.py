@@ -342,6 +342,26 @@ def test_stats_count_per_class_and_estimate_from_pace(
     assert queue.stats("bob")["pace_seconds"] is None
 
 
+def test_pace_spreads_a_grid_page_over_its_crops(
+    queue: ReviewQueue, seeded: SeededCrops, engine: Engine
+) -> None:
+    first_page, second_page = seeded.ids[:8], seeded.ids[8:24]
+    queue.decide_page("carol", first_page, [])
+    queue.decide_page("carol", second_page[2:], second_page[:2])
+    queue.undo_last("carol")
+    queue.decide_page("carol", second_page, [])
+    with session_scope(engine) as session:
+        events = list(session.scalars(select(ReviewEvent).order_by(ReviewEvent.id)))
+        start = utcnow() - timedelta(hours=1)
+        batches = list(dict.fromkeys(event.batch_id for event in events))
+        # page 1 at 0 s, page 2 at 40 s, its undo at 45 s, page 2 again at 72 s
+        when = dict(zip(batches, (0, 40, 45, 72), strict=True))
+        for event in events:
+            event.created_at = start + timedelta(seconds=when[event.batch_id])
+    # Page 2 took 40 s for 16 crops, and 32 s for them again after the undo (which is no decision).
+    assert queue.stats("carol")["pace_seconds"] == round(72 / 32, 3)
+
+
 def test_history_lists_the_reviewers_standing_decisions(queue: ReviewQueue, seeded: SeededCrops) -> None:
     a, b, c = seeded.ids[:3]
     queue.decide("alice", a, "accept")
