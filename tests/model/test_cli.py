@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -59,12 +60,13 @@ def test_train_finds_the_snapshot_by_name_and_writes_a_run(trained_home: Path) -
 def test_transform_to_one_class_and_to_all(trained_home: Path, tmp_path: Path) -> None:
     face = _face(tmp_path)
     out = tmp_path / "out"
+    target = json.loads((trained_home / "snapshots" / "faces4" / "dataset.json").read_text())["classes"][2]
     runner = CliRunner()
     result = runner.invoke(
-        app, ["--home", str(trained_home), "transform", str(face), "--to", "ina", "-o", str(out)]
+        app, ["--home", str(trained_home), "transform", str(face), "--to", target, "-o", str(out)]
     )
     assert result.exit_code == 0, result.output
-    single = Image.open(out / "face-ina.png")
+    single = Image.open(out / f"face-{target}.png")
     assert single.size == (32, 32)
     result = runner.invoke(
         app, ["--home", str(trained_home), "transform", str(face), "--all", "-o", str(out)]

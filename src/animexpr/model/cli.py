@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -122,6 +123,9 @@ def train(
         _print_parameter_counts(cfg)
         return
     runs_root = run_dir or settings.home / "runs"
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the other processes show nothing
+        result = run_training(cfg, runs_root, resume, None, vgg_download)
+        return
     with _progress_bar() as (progress_fn, _):
         result = run_training(cfg, runs_root, resume, progress_fn, vgg_download)
     if result.interrupted:

@@ -69,6 +69,9 @@ class TrainConfig:
     lambda_rec: float = 10.0  # cycle reconstruction (StarGAN's value), for the variants without CX
     # Mask collapse guard: a hinge on each image's mean mask, zero while the mean stays inside
     # [mask_floor, mask_ceiling], so it leaves a healthy mask alone (see losses.mask_collapse_penalty).
+    # The paper has no mask regulariser; this one only acts on a collapse. In a 4,000-iteration run of `ours`
+    # (600 real crops, 4 stand-in classes, random VGG) the mask mean stayed between 0.10 and 0.36 (spread
+    # 0.09-0.28) and the guard never fired, so the default changes nothing on a healthy run.
     lambda_mask: float = 1.0
     mask_floor: float = 0.05
     mask_ceiling: float = 0.95

@@ -730,7 +730,7 @@ def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | No
 
 
 def _check_ranks_agree(trainer: Trainer) -> None:
-    """Under DDP every rank must hold the same networks (identical all-reduced updates); check before saving."""
+    """Under DDP every rank holds the same networks (the same all-reduced updates): check before saving."""
     if not trainer.info.enabled:
         return
     with torch.no_grad():
