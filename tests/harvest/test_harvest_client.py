@@ -27,6 +27,8 @@ from animexpr.harvest.client import (
 from animexpr.harvest.fakebooru import FakeDanbooru, FakePost, generated_png
 
 SECRET_KEY = "sEcReT-kEy-123"
+# The server stamps a request when its thread runs; on a loaded 2-core host that can lag by tens of ms.
+JITTER = 0.04
 
 
 def posts(n: int) -> list[FakePost]:
@@ -40,25 +42,27 @@ def api_gaps(booru: FakeDanbooru) -> list[float]:
 
 def test_rate_limiter_spaces_slots_even_across_threads() -> None:
     limiter = RateLimiter(50.0)
-    taken: list[float] = []
+    slots: list[float] = []
+    late: list[float] = []
     lock = threading.Lock()
 
     def take() -> None:
         for _ in range(5):
-            limiter.acquire()
+            slot = limiter.acquire()
+            woke = time.monotonic()
             with lock:
-                taken.append(time.monotonic())
+                slots.append(slot)
+                late.append(woke - slot)
 
     threads = [threading.Thread(target=take) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    taken.sort()
-    gaps = [b - a for a, b in itertools.pairwise(taken)]
-    assert len(taken) == 15
-    assert min(gaps) >= 0.02 - 0.005
-    assert taken[-1] - taken[0] >= 14 * 0.02 - 0.005
+    slots.sort()
+    assert len(slots) == 15
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= 0.02 - 1e-9
+    assert min(late) >= 0  # nobody went before its slot
 
 
 def test_rate_limiter_hold_off_delays_the_next_slot() -> None:
@@ -218,8 +222,8 @@ def test_5xx_backoff_grows(booru_factory: Callable[..., FakeDanbooru], fast_poli
     with DanbooruClient(booru.url, policy) as client:
         client.posts_page("smile")
     gaps = api_gaps(booru)
-    assert gaps[0] >= 0.05  # jitter keeps at least half of base * 2**0
-    assert gaps[1] >= 0.1  # and half of base * 2**1
+    assert gaps[0] >= 0.05 - JITTER  # jitter keeps at least half of base * 2**0
+    assert gaps[1] >= 0.1 - JITTER  # and half of base * 2**1
 
 
 def test_429_pauses_everything_before_the_next_request(
@@ -231,8 +235,8 @@ def test_429_pauses_everything_before_the_next_request(
     with DanbooruClient(booru.url, policy) as client:
         assert client.posts_page("smile")
     gaps = api_gaps(booru)
-    assert gaps[0] >= 0.15 - 0.01
-    assert gaps[1] >= 0.30 - 0.01  # doubled: no hammering while limited
+    assert gaps[0] >= 0.15 - JITTER
+    assert gaps[1] >= 0.30 - JITTER  # doubled: no hammering while limited
 
 
 def test_429_honours_retry_after(
@@ -244,7 +248,7 @@ def test_429_honours_retry_after(
     with DanbooruClient(booru.url, policy) as client:
         assert client.posts_page("smile")
     gap = api_gaps(booru)[0]
-    assert 0.3 - 0.01 <= gap < 5  # the header's 0.3 s, not the 30 s default
+    assert 0.3 - JITTER <= gap < 5  # the header's 0.3 s, not the 30 s default
 
 
 def test_endless_429_gives_up_with_advice(
@@ -309,5 +313,5 @@ def test_download_rate_is_separate_from_the_api_rate(
         for post in client.posts_page("smile"):
             client.download(post["file_url"], 10_000_000)
     times = [record.started for record in booru.file_records()]
-    assert times[-1] - times[0] >= 3 * 0.1 - 0.02
+    assert times[-1] - times[0] >= 3 * 0.1 - JITTER
     assert isinstance(ClientPolicy().rate, float)

@@ -115,10 +115,10 @@ class ClientPolicy:
 
 
 class RateLimiter:
-    """At most `rate` acquisitions per second: each one gets its own slot, 1/rate after the previous slot.
+    """At most `rate` requests per second: each one gets its own slot, 1/rate after the previous one.
 
     Slots are handed out under a lock and waited for outside it, so concurrent callers queue in order.
-    `hold_off` pushes the next slot out (after a 429).
+    `sending` moves the next slot after a late request; `hold_off` pushes it out (after a 429).
     """
 
     def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -129,12 +129,23 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next_slot = 0.0
 
-    def acquire(self, stop: threading.Event | None = None) -> None:
+    def acquire(self, stop: threading.Event | None = None) -> float:
+        """Wait for the next free slot; returns the slot's time on the limiter's clock."""
         with self._lock:
             now = self._clock()
             slot = max(now, self._next_slot)
             self._next_slot = slot + self.interval
         _pause(slot - now, stop)
+        return slot
+
+    def sending(self) -> None:
+        """Call right before the request goes out: the next slot is at least one interval after now.
+
+        A caller that woke up late (a busy machine, a long pause of this thread) would otherwise send this
+        request late and the next one on time, closer together than the interval.
+        """
+        with self._lock:
+            self._next_slot = max(self._next_slot, self._clock() + self.interval)
 
     def hold_off(self, seconds: float) -> None:
         with self._lock:
@@ -309,6 +320,7 @@ class DanbooruClient:
             if limiter is self.api_limiter:
                 self.api_requests += 1
             try:
+                limiter.sending()
                 response = self.session.get(
                     url, params=params, auth=auth, timeout=self.timeout, stream=stream, allow_redirects=True
                 )

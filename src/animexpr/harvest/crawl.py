@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from animexpr.config import ClassSpec, Settings
@@ -305,6 +305,7 @@ class Crawler:
         jobs: list[DownloadJob] = []
         outcomes: Counter[str] = Counter()
         processed: list[int] = []
+        new_rows: list[dict[str, Any]] = []
         with session_scope(self.engine) as session:
             known = set(session.scalars(select(Post.id).where(Post.id.in_(ids))))
             for post in posts:
@@ -313,14 +314,16 @@ class Crawler:
                     verdict = judge_post(post, walk.plan, self.all_classes, self.options)
                     if verdict.keep and len(jobs) >= need:
                         break  # quota reached: the cursor stops before this post
-                    row = post_row(post, walk.plan, verdict, self.options.variant)
-                    session.add(row)
+                    values = post_values(post, walk.plan, verdict, self.options.variant)
+                    new_rows.append(values)
                     known.add(post_id)
-                    job = job_for(row) if verdict.keep else None
+                    job = job_for(Post(**values)) if verdict.keep else None
                     if job is not None:
                         jobs.append(job)
                     outcomes[verdict.reason or "found"] += 1
                 processed.append(post_id)
+            if new_rows:
+                session.execute(insert(Post), new_rows)  # one multi-row statement for the page
             if processed:
                 self._move_cursor(walk, processed)
                 session.execute(
@@ -507,8 +510,8 @@ def job_for(row: Post) -> DownloadJob | None:
     return DownloadJob(row.id, row.class_name, row.md5, row.file_url, (ext or "jpg").lower(), not is_sample)
 
 
-def post_row(post: dict[str, Any], plan: QueryPlan, verdict: Verdict, variant: Variant) -> Post:
-    """The database row for a post as first seen: `found` when kept, else skipped with its reason.
+def post_values(post: dict[str, Any], plan: QueryPlan, verdict: Verdict, variant: Variant) -> dict[str, Any]:
+    """The Post columns for a post as first seen: `found` when kept, else skipped with its reason.
 
     `file_url` is the file to fetch: the original, or the sample with `--variant sample`.
     """
@@ -519,23 +522,23 @@ def post_row(post: dict[str, Any], plan: QueryPlan, verdict: Verdict, variant: V
         file_url, file_ext = choice.url, choice.ext
         if not choice.check_md5:
             detail = SAMPLE_MARK
-    return Post(
-        id=int(post["id"]),
-        md5=post.get("md5"),
-        file_ext=file_ext,
-        file_url=file_url,
-        file_size=post.get("file_size"),
-        width=post.get("image_width"),
-        height=post.get("image_height"),
-        tags=str(post.get("tag_string") or ""),
-        rating=post.get("rating"),
-        score=post.get("score"),
-        class_name=plan.class_name,
-        query=plan.text,
-        state=(PostState.FOUND if reason is None else reason.state).value,
-        reason=None if reason is None else reason.value,
-        detail=detail,
-    )
+    return {
+        "id": int(post["id"]),
+        "md5": post.get("md5"),
+        "file_ext": file_ext,
+        "file_url": file_url,
+        "file_size": post.get("file_size"),
+        "width": post.get("image_width"),
+        "height": post.get("image_height"),
+        "tags": str(post.get("tag_string") or ""),
+        "rating": post.get("rating"),
+        "score": post.get("score"),
+        "class_name": plan.class_name,
+        "query": plan.text,
+        "state": (PostState.FOUND if reason is None else reason.state).value,
+        "reason": None if reason is None else reason.value,
+        "detail": detail,
+    }
 
 
 @contextlib.contextmanager

@@ -26,9 +26,11 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -41,6 +43,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image, ImageDraw
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CLASS_TAGS = ("angry", "sad", "smile", "surprised")
 MAX_PER_PAGE = 200
@@ -477,6 +481,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up (killed crawls, abandoned downloads) are part of the tests, not errors.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        log.exception("fake Danbooru: error while answering %s", client_address)
 
 
 def danbooru_post_json(post: FakePost, base_url: str) -> dict[str, Any]:
