@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import random
+import signal
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -341,6 +342,7 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(home: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: it stops handing out work
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would only contend
     _worker["recipe"] = build_recipe()
     _worker["store"] = FileStore(Path(home))
@@ -386,10 +388,11 @@ class ExpandSummary:
     created: int = 0
     already_there: int = 0
     failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def complete(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.interrupted
 
 
 def existing_variants(session: Session, seed: int) -> set[tuple[int, int]]:
@@ -492,13 +495,16 @@ def expand(
             pending.extend(result.files)
             made += result.planned
             if len(pending) >= _INSERT_BATCH:
-                _save(engine, pending, seed)
-                summary.created += len(pending)
-                pending = []
+                pending, finished = [], pending
+                _save(engine, finished, seed)
+                summary.created += len(finished)
             if progress is not None:
                 progress(made, todo)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        log.warning("interrupted: keeping the augmented images already made; run expand again to finish")
     finally:
-        _save(engine, pending, seed)  # Ctrl-C keeps what is finished
+        _save(engine, pending, seed)  # rows only for files already complete on disk
         summary.created += len(pending)
     if summary.complete:
         _record_expansion(engine, plan, max_distance)

@@ -295,7 +295,8 @@ def _hash_missing(
     hashed = unreadable = 0
     batch: list[dict[str, object]] = []
     # OpenCV decodes and resizes without the GIL, so threads are enough to use every core here.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
         results = pool.map(lambda row: (row[0], _hash_file(store, row[1])), todo)
         for done, (crop_id, phash) in enumerate(results, start=1):
             if phash is None:
@@ -303,11 +304,14 @@ def _hash_missing(
             else:
                 hashed += 1
                 batch.append({"id": crop_id, "phash": hash_to_hex(phash)})
-            if len(batch) >= 500 or done == len(todo):
-                _write(engine, batch)
-                batch = []
+            if len(batch) >= 500:
+                batch, finished = [], batch
+                _write(engine, finished)
             if progress is not None:
                 progress(done, len(todo))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: stop soon, keep the hashes made
+        _write(engine, batch)
     return hashed, unreadable
 
 

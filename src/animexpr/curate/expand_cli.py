@@ -117,6 +117,9 @@ def expand_command(
         f"{summary.created} augmented images made, {summary.already_there} already there "
         f"(target {target}, {chosen}, seed {seed})"
     )
+    if summary.interrupted:
+        err_console.print("interrupted: the images made so far are kept; run the same command to finish")
+        raise typer.Exit(130)
     if summary.failed:
         for problem in summary.failed[:10]:
             err_console.print(f"[yellow]skipped[/] {problem}", highlight=False)

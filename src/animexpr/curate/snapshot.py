@@ -384,8 +384,7 @@ def _item_row(snapshot_id: int, item: ManifestItem) -> dict[str, Any]:
 
 def _write_partial(folder: Path, manifest: bytes, dataset: dict[str, Any]) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(f"{_PARTIAL_PREFIX}{folder.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # Hidden until renamed; a crash leaves a `.partial-NAME-*` folder that nothing reads.
     partial = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL_PREFIX}{folder.name}-", dir=folder.parent))
     atomic_write_bytes(partial / MANIFEST_FILE, manifest)
     atomic_write_bytes(partial / DATASET_FILE, _json_bytes(dataset))
