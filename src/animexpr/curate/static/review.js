@@ -498,8 +498,9 @@ function renderProgress() {
     title.append(name);
     const numbers = document.createElement("span");
     numbers.className = "numbers";
-    numbers.textContent = `${counts.done}/${counts.total} · ${counts.accepted}✓ ${counts.rejected}✕ · ${eta(counts.pending, pace)}`;
-    numbers.title = pace ? `your pace: ${pace.toFixed(1)} s per crop` : "the ETA appears after a few decisions";
+    numbers.textContent = `${counts.done}/${counts.total} · ${eta(counts.pending, pace)}`;
+    numbers.title = `${counts.accepted} accepted, ${counts.rejected} rejected, ${counts.pending} pending; ` +
+      (pace ? `your pace: ${pace.toFixed(1)} s per crop` : "the ETA appears after a few decisions");
     const bar = document.createElement("div");
     bar.className = "bar";
     for (const [cls, value] of [["acc", counts.accepted], ["rej", counts.rejected]]) {
