@@ -29,6 +29,8 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Plain `pytest` skips the slow tests; `make test` (and CI) runs them too.
+PYTEST_ARGS ?= -m "not network and not gpu"
 pytest: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
