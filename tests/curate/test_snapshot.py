@@ -343,3 +343,24 @@ def test_the_root_command_line_offers_the_commands(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for command in ("dedup", "expand", "snapshot"):
         assert f"│ {command} " in result.stdout
+
+
+def test_dedup_expand_and_snapshot_on_each_database(any_db_url: str, home: Path) -> None:
+    settings = load_settings(home=home, db=any_db_url, classes=",".join(CLASSES), environ={})
+    engine = open_db(settings.db_url)
+    store = FileStore(home)
+    store.create_areas()
+    try:
+        made = populate(engine, store)
+        [duplicate] = add_crops(engine, store, [Face("6" * 32, CLASSES[0], faces(1)[0].png)])
+        summary = expand(engine, store, settings, target=60, workers=2)
+        assert summary.dedup.clusters == 1
+        assert summary.plan.total == 60
+        info = create_snapshot(engine, store, settings, "s", test_fraction=0.2)
+        rows = read_manifest(info.folder)
+        assert duplicate not in {r["crop_id"] for r in rows}
+        assert made["ids"][0] in {r["crop_id"] for r in rows}
+        assert verify_snapshot(engine, settings, "s").ok
+        assert [s.name for s in list_snapshots(engine, settings)] == ["s"]
+    finally:
+        engine.dispose()
