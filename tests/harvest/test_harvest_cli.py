@@ -86,6 +86,7 @@ def test_tag_limit_refusal_names_the_cause(booru_factory: Callable[..., FakeDanb
     assert result.exit_code != 0
     assert "You cannot search for more than 1 tags at a time." in str(result.exception)
     assert "at most 2 real tags" in str(result.exception)
+    assert "found" in result.output  # the summary of what was done comes before the error
 
 
 def test_secrets_never_reach_output_logs_database_files_or_user_agent(

@@ -323,6 +323,35 @@ def test_refused_credentials_stop_the_crawl_with_nothing_recorded(
     assert post_rows() == {}
 
 
+def test_a_failing_count_only_costs_the_progress_total(
+    booru_factory: Callable[..., FakeDanbooru],
+    make_corpus: Callable[..., list[FakePost]],
+    run_crawl: RunCrawl,
+    fast_policy: ClientPolicy,
+) -> None:
+    booru = booru_factory(make_corpus(CorpusCounts(keep=2), class_tags=("smile", "sad")))
+    booru.fail_next_api(*[503] * (fast_policy.max_retries + 1))
+    summary = run_crawl(booru, per_class=2, classes=["smile", "sad"])
+    assert summary.classes["smile"].available is None
+    assert summary.classes["sad"].available == 2
+    assert {tally.downloaded for tally in summary.classes.values()} == {2}
+
+
+def test_an_api_failing_for_good_stops_the_crawl_keeping_finished_work(
+    booru_factory: Callable[..., FakeDanbooru],
+    make_corpus: Callable[..., list[FakePost]],
+    run_crawl: RunCrawl,
+    post_rows: Rows,
+    fast_policy: ClientPolicy,
+) -> None:
+    booru = booru_factory(make_corpus(CorpusCounts(keep=250), class_tags=("smile", "sad")))
+    run_crawl(booru, per_class=100, classes=["smile"])
+    booru.fail_next_api(*[503] * 20)
+    with pytest.raises(HarvestError, match="gave up after 3 tries: HTTP 503"):
+        run_crawl(booru, per_class=300, classes=["smile"])
+    assert sum(row.state == PostState.DOWNLOADED for row in post_rows().values()) == 100
+
+
 def test_one_harvest_per_home(
     booru_factory: Callable[..., FakeDanbooru],
     make_corpus: Callable[..., list[FakePost]],

@@ -19,8 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from animexpr.cli_common import console, err_console, get_settings, get_state
-from animexpr.harvest.client import ClientPolicy, DanbooruClient, credentials_from
-from animexpr.harvest.crawl import ClassTally, CrawlSummary, crawl
+from animexpr.harvest.client import ClientPolicy, DanbooruClient, HarvestError, credentials_from
+from animexpr.harvest.crawl import ClassTally, Crawler, CrawlSummary
 from animexpr.harvest.policy import DEFAULT_EXCLUDED_TAGS, HarvestOptions, Variant, parse_ratings
 
 DEFAULT_API_URL = "https://danbooru.donmai.us"
@@ -95,8 +95,15 @@ def harvest(
     names = class_names or list(settings.class_names)
     for name in names:
         settings.class_spec(name)  # unknown names fail here, before any request
-    with DanbooruClient(api_url, policy, credentials) as client, _progress_display() as display:
-        summary = crawl(state.engine, state.store, settings, client, options, names, display.update)
+    with DanbooruClient(api_url, policy, credentials) as client:
+        crawler = Crawler(state.engine, state.store, settings, client, options, names)
+        try:
+            with _progress_display() as display:
+                crawler.on_progress = display.update
+                summary = crawler.run()
+        except HarvestError:
+            _print_summary(CrawlSummary(crawler.tallies, api_requests=client.api_requests))  # what was done
+            raise
     _print_summary(summary)
     if summary.interrupted:
         err_console.print("interrupted; finished work is kept; run the same command again to continue")
@@ -181,4 +188,5 @@ def _print_summary(summary: CrawlSummary) -> None:
     failed = sum(tally.failed for tally in summary.classes.values())
     if failed:
         console.print(f"{failed} failed downloads: `animexpr harvest --retry-failed` tries them again")
-    console.print(f"{summary.api_requests} API requests in {summary.seconds:.1f} s")
+    took = f" in {summary.seconds:.1f} s" if summary.seconds else ""
+    console.print(f"{summary.api_requests} API requests{took}")

@@ -33,7 +33,14 @@ from sqlalchemy.exc import IntegrityError
 from animexpr.config import ClassSpec, Settings
 from animexpr.db.models import CrawlCursor, Post, PostState
 from animexpr.db.session import session_scope
-from animexpr.harvest.client import DanbooruClient, DownloadError, FileTooLarge, HarvestError, Stopped
+from animexpr.harvest.client import (
+    DanbooruClient,
+    DownloadError,
+    FileTooLarge,
+    HarvestError,
+    RetriesExhausted,
+    Stopped,
+)
 from animexpr.harvest.policy import (
     HarvestOptions,
     QueryPlan,
@@ -260,7 +267,11 @@ class Crawler:
             tally = self.tallies[walk.plan.class_name]
             if walk.done or self._need(tally.name) <= 0:
                 continue
-            count = self.client.count_posts(walk.plan.text)
+            try:
+                count = self.client.count_posts(walk.plan.text)
+            except RetriesExhausted as exc:  # the count only feeds the progress display
+                log.warning("no post count for %s: %s", walk.plan.text, exc.problem)
+                continue
             if count is not None:
                 tally.available = (tally.available or 0) + count
             self._report(tally)
