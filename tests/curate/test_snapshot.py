@@ -364,3 +364,14 @@ def test_dedup_expand_and_snapshot_on_each_database(any_db_url: str, home: Path)
         assert [s.name for s in list_snapshots(engine, settings)] == ["s"]
     finally:
         engine.dispose()
+
+
+def test_snapshot_says_so_when_the_crops_outgrew_the_last_expansion(
+    engine: Engine, store: FileStore, crop_settings: Settings
+) -> None:
+    populate(engine, store)
+    expand(engine, store, crop_settings, target=27, workers=1)
+    late = [Face(f"{i}" * 32, CLASSES[1], encode(generated_image(f"late {i}"))) for i in range(1, 3)]
+    add_crops(engine, store, late)
+    with pytest.raises(SnapshotError, match=r"no longer fits .* below the 28"):
+        create_snapshot(engine, store, crop_settings, "s")

@@ -40,6 +40,7 @@ from animexpr.config import Settings
 from animexpr.curate.augment import (
     RECIPE_VERSION,
     Balance,
+    ExpandError,
     latest_expansion,
     plan_expansion,
     recipe_description,
@@ -186,7 +187,10 @@ def _planned_augmentations(
             "run `animexpr expand` again"
         )
     balance: Balance = "equal" if expansion.balance == "equal" else "proportional"
-    plan = plan_expansion(crops, settings.class_names, expansion.target, balance, expansion.seed)
+    try:
+        plan = plan_expansion(crops, settings.class_names, expansion.target, balance, expansion.seed)
+    except ExpandError as exc:
+        raise SnapshotError(f"the last expansion no longer fits the accepted crops ({exc})") from exc
     rows = session.scalars(
         select(Augmentation).where(
             Augmentation.recipe_version == expansion.recipe_version, Augmentation.seed == expansion.seed
