@@ -392,16 +392,24 @@ def default_workers() -> int:
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork starts a worker in milliseconds (nothing to import again); the pool is started before any progress
-    # thread, and workers touch neither the database nor the console.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # Not fork: OpenCV's thread pool does not survive a fork, and a worker forked from a process that has
+    # already run a detection hangs. A fork server is a clean process that imports this module once; each
+    # worker is forked from it in milliseconds, so only the first pool of a process pays the import.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _iter_results_pooled(
     jobs: Sequence[CropJob], settings: CropSettings, home: Path, workers: int, on_started: Callable[[], None]
 ) -> Generator[CropResult, None, None]:
-    """Results in completion order; at most 2 jobs per worker in flight, so Ctrl-C wastes little."""
+    """Results in completion order.
+
+    One job per worker in flight (the next is sent before the parent writes the last result), so that Ctrl-C
+    waits for at most one post per worker, and keeps it.
+    """
     pool = cf.ProcessPoolExecutor(
         max_workers=workers,
         mp_context=_pool_context(),
@@ -413,16 +421,17 @@ def _iter_results_pooled(
     try:
         for job in queue:
             pending.add(pool.submit(_crop_in_worker, job))
-            if len(pending) >= 2 * workers:
+            if len(pending) >= workers:
                 break
         on_started()
         while pending:
             done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
+            for _ in done:
                 next_job = next(queue, None)
                 if next_job is not None:
                     pending.add(pool.submit(_crop_in_worker, next_job))
+            for future in done:
+                yield future.result()
     except GeneratorExit:
         raise  # the caller stopped reading: nothing more to hand over
     except BaseException:
@@ -541,7 +550,7 @@ class _ResultWriter:
         self.key = settings.settings_key
         self.key_settings = settings.key_settings()
         self.buffer: list[CropResult] = []
-        self.last_flush = time.monotonic()
+        self.last_flush = -math.inf  # the first result is committed at once: `status` shows the run started
         self.written = 0
         self.crops_written = 0
 

@@ -125,7 +125,9 @@ def crop(
         progress.stop()
     _print_summary(summary)
     if summary.interrupted:
-        raise typer.Exit(130)
+        # The status a shell gives Ctrl-C. Raised as SystemExit: under standalone_mode=False, click turns
+        # both KeyboardInterrupt and typer.Exit into a return value that the entry point does not pass on.
+        raise SystemExit(130)
 
 
 def _print_summary(summary: CropSummary) -> None:

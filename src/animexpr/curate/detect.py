@@ -129,8 +129,11 @@ def load_cascade(path: Path) -> cv2.CascadeClassifier:
             f"this OpenCV ({cv2.__version__}) has no CascadeClassifier: OpenCV 5 dropped it; "
             "install opencv-python-headless<5"
         )
-    classifier = cv2.CascadeClassifier(str(path))
-    if classifier.empty():
+    try:
+        classifier = cv2.CascadeClassifier(str(path))
+    except (cv2.error, SystemError):  # OpenCV raises on some malformed XML, returns empty on others
+        classifier = None
+    if classifier is None or classifier.empty():
         raise DetectorError(
             f"{path} is not a cascade OpenCV can load; pass the real {CASCADE_FILE_NAME} with --cascade "
             f"(sha256 {CASCADE_SHA256}, from {CASCADE_URL})"
