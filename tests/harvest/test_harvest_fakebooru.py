@@ -23,7 +23,7 @@ from animexpr.harvest.fakebooru import (
 UA = {"User-Agent": "animexpr-tests"}
 
 
-def get(booru: FakeDanbooru, path: str, **params: object) -> requests.Response:
+def get(booru: FakeDanbooru, path: str, **params: str | int) -> requests.Response:
     return requests.get(booru.url + path, params=params, headers=UA, timeout=5)
 
 

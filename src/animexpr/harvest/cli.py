@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -13,7 +14,6 @@ from rich.progress import (
     Task,
     TaskID,
     TextColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -115,11 +115,27 @@ def _variant(value: str) -> Variant:
 
 
 class _RateColumn(ProgressColumn):
-    """Downloads per second, as rich measures it over the last samples."""
+    """Downloads per second since the run started, for this class."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("  -  /s" if speed is None else f"{speed:5.1f}/s", style="progress.data.speed")
+        rate = task.fields.get("rate", 0.0)
+        return Text(f"{rate:5.1f}/s" if rate else "  -  /s", style="progress.data.speed")
+
+
+class _EtaColumn(ProgressColumn):
+    """Time left at that rate ('-' before the first download, or when nothing is left to wait for)."""
+
+    def render(self, task: Task) -> Text:
+        rate = task.fields.get("rate", 0.0)
+        left = (task.total or 0) - task.completed
+        if left <= 0 or task.fields.get("exhausted"):
+            return Text("done" if left <= 0 else "exhausted", style="progress.remaining")
+        if not rate:
+            return Text("-:--:--", style="progress.remaining")
+        seconds = int(left / rate)
+        return Text(
+            f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}", style="progress.remaining"
+        )
 
 
 class _ProgressDisplay:
@@ -134,11 +150,12 @@ class _ProgressDisplay:
                 "found {task.fields[found]}  skipped {task.fields[skipped]}  failed {task.fields[failed]}"
             ),
             _RateColumn(),
-            TimeRemainingColumn(),
+            _EtaColumn(),
             console=err_console,
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
+        self.started = time.monotonic()
 
     def update(self, tally: ClassTally) -> None:
         task = self.tasks.get(tally.name)
@@ -154,9 +171,12 @@ class _ProgressDisplay:
             found=tally.found,
             skipped=tally.skipped,
             failed=tally.failed,
+            rate=tally.downloaded / max(1e-6, time.monotonic() - self.started),
+            exhausted=tally.exhausted,
         )
 
     def __enter__(self) -> _ProgressDisplay:
+        self.started = time.monotonic()
         self.progress.start()
         return self
 
