@@ -29,6 +29,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
     Select,
     Table,
@@ -42,7 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import aliased
 
 from animexpr.db.locking import lock_for_write
 from animexpr.db.models import Crop, CropState, Post, ReviewEvent, ReviewLease, utcnow
@@ -386,12 +387,14 @@ class ReviewQueue:
         self.class_names = tuple(class_names)
         self.lease = timedelta(seconds=lease_seconds)
         self.is_postgres = engine.dialect.name == "postgresql"
-        # One factory for the queue's life: building a sessionmaker per call costs more than the queries.
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
 
-    def _transaction(self) -> AbstractContextManager[Session]:
-        """A session in a transaction that commits when the block ends normally (as `session_scope`)."""
-        return self._sessions.begin()
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        """A connection in a transaction that commits when the block ends normally.
+
+        The queue writes with Core statements only, so it needs no ORM session (and saves its overhead
+        on every key press).
+        """
+        return self.engine.begin()
 
     # -- leases ---------------------------------------------------------------------------------------
 
@@ -406,11 +409,11 @@ class ReviewQueue:
         """The next `count` crops for `reviewer`, leased to them; crops leased to others are skipped."""
         now = utcnow()
         query = self.next_query(reviewer, queue_filter or QueueFilter(), order, count, exclude, now)
-        with self._transaction() as session:
-            lock_for_write(session)
-            candidates = list(session.scalars(query))
-            leased = self._upsert_leases(session, candidates, reviewer, now)
-            return self._items(session, [crop_id for crop_id in candidates if crop_id in leased])
+        with self._transaction() as connection:
+            lock_for_write(connection)
+            candidates = list(connection.scalars(query))
+            leased = self._upsert_leases(connection, candidates, reviewer, now)
+            return self._items(connection, [crop_id for crop_id in candidates if crop_id in leased])
 
     def next_query(
         self,
@@ -444,22 +447,24 @@ class ReviewQueue:
         ids = list(crop_ids)[:MAX_EXCLUDED_IDS]
         if not ids:
             return 0
-        with self._transaction() as session:
-            result = session.execute(
+        with self._transaction() as connection:
+            result = connection.execute(
                 update(ReviewLease)
                 .where(ReviewLease.crop_id.in_(ids), ReviewLease.reviewer == reviewer)
                 .values(expires_at=utcnow() + self.lease)
             )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            return int(result.rowcount)
 
     def release_leases(self, reviewer: str, crop_ids: Iterable[int] | None = None) -> int:
-        with self._transaction() as session:
+        with self._transaction() as connection:
             statement = delete(ReviewLease).where(ReviewLease.reviewer == reviewer)
             if crop_ids is not None:
                 statement = statement.where(ReviewLease.crop_id.in_(list(crop_ids)))
-            return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+            return int(connection.execute(statement).rowcount)
 
-    def _upsert_leases(self, session: Session, crop_ids: list[int], reviewer: str, now: datetime) -> set[int]:
+    def _upsert_leases(
+        self, connection: Connection, crop_ids: list[int], reviewer: str, now: datetime
+    ) -> set[int]:
         """Lease the crops that are free for `reviewer`; returns the ids actually leased."""
         if not crop_ids:
             return set()
@@ -474,17 +479,17 @@ class ReviewQueue:
             set_={"reviewer": statement.excluded.reviewer, "expires_at": statement.excluded.expires_at},
             where=or_(table.c.expires_at <= now, table.c.reviewer == reviewer),
         ).returning(table.c.crop_id)
-        return set(session.execute(upsert).scalars())
+        return set(connection.execute(upsert).scalars())
 
     # -- decisions ------------------------------------------------------------------------------------
 
     def decide(self, reviewer: str, crop_id: int, decision: str, label: str | None = None) -> DecisionResult:
         """Accept, reject or relabel (and accept) one crop; stored before this returns."""
-        with self._transaction() as session:
-            lock_for_write(session)
-            crop = self._locked_crop(session, crop_id)
-            self._check_lease(session, reviewer, [crop_id])
-            return self._decide_one(session, reviewer, crop, decision, label, batch_id=None)
+        with self._transaction() as connection:
+            lock_for_write(connection)
+            crop = self._locked_crop(connection, crop_id)
+            self._check_lease(connection, reviewer, [crop_id])
+            return self._decide_one(connection, reviewer, crop, decision, label, batch_id=None)
 
     def decide_page(
         self, reviewer: str, accept_ids: Sequence[int], reject_ids: Sequence[int]
@@ -502,10 +507,10 @@ class ReviewQueue:
         batch_id = uuid.uuid4().hex
         results: list[DecisionResult] = []
         skipped: dict[int, str] = {}
-        with self._transaction() as session:
-            lock_for_write(session)
-            crops = self._locked_crops(session, [crop_id for crop_id, _ in wanted])
-            taken = self._leased_by_others(session, reviewer, list(crops))
+        with self._transaction() as connection:
+            lock_for_write(connection)
+            crops = self._locked_crops(connection, [crop_id for crop_id, _ in wanted])
+            taken = self._leased_by_others(connection, reviewer, list(crops))
             for crop_id, decision in wanted:
                 crop = crops.get(crop_id)
                 if crop is None:
@@ -513,12 +518,12 @@ class ReviewQueue:
                 elif crop_id in taken:
                     skipped[crop_id] = f"leased to {taken[crop_id]}"
                 else:
-                    results.append(self._decide_one(session, reviewer, crop, decision, None, batch_id))
+                    results.append(self._decide_one(connection, reviewer, crop, decision, None, batch_id))
         return results, skipped
 
     def _decide_one(
         self,
-        session: Session,
+        connection: Connection,
         reviewer: str,
         crop: CropNow,
         decision: str,
@@ -526,8 +531,8 @@ class ReviewQueue:
         batch_id: str | None,
     ) -> DecisionResult:
         state_after, label_after, decision = self._target(crop, decision, label)
-        session.execute(delete(ReviewLease).where(ReviewLease.crop_id == crop.id))
-        return _append_event(session, reviewer, crop, decision, state_after, label_after, batch_id)
+        connection.execute(delete(ReviewLease).where(ReviewLease.crop_id == crop.id))
+        return _append_event(connection, reviewer, crop, decision, state_after, label_after, batch_id)
 
     def _target(self, crop: CropNow, decision: str, label: str | None) -> tuple[str, str, Decision]:
         match decision:
@@ -545,18 +550,18 @@ class ReviewQueue:
                 return CropState.ACCEPTED, new_label, kind
         raise ReviewError(f"decision {decision!r}: use accept, reject or relabel")
 
-    def _locked_crop(self, session: Session, crop_id: int) -> CropNow:
-        crop = self._locked_crops(session, [crop_id]).get(crop_id)
+    def _locked_crop(self, connection: Connection, crop_id: int) -> CropNow:
+        crop = self._locked_crops(connection, [crop_id]).get(crop_id)
         if crop is None:
             raise CropNotFound(f"no crop with id {crop_id}")
         return crop
 
-    def _locked_crops(self, session: Session, crop_ids: list[int]) -> dict[int, CropNow]:
+    def _locked_crops(self, connection: Connection, crop_ids: list[int]) -> dict[int, CropNow]:
         if not crop_ids:
             return {}
-        return {crop.id: crop for crop in _crops_now(session, Crop.id.in_(crop_ids))}
+        return {crop.id: crop for crop in _crops_now(connection, Crop.id.in_(crop_ids))}
 
-    def _leased_by_others(self, session: Session, reviewer: str, crop_ids: list[int]) -> dict[int, str]:
+    def _leased_by_others(self, connection: Connection, reviewer: str, crop_ids: list[int]) -> dict[int, str]:
         if not crop_ids:
             return {}
         query = select(ReviewLease.crop_id, ReviewLease.reviewer).where(
@@ -564,10 +569,10 @@ class ReviewQueue:
             ReviewLease.reviewer != reviewer,
             ReviewLease.expires_at > utcnow(),
         )
-        return dict(session.execute(query).all())
+        return dict(connection.execute(query).all())
 
-    def _check_lease(self, session: Session, reviewer: str, crop_ids: list[int]) -> None:
-        taken = self._leased_by_others(session, reviewer, crop_ids)
+    def _check_lease(self, connection: Connection, reviewer: str, crop_ids: list[int]) -> None:
+        taken = self._leased_by_others(connection, reviewer, crop_ids)
         if taken:
             crop_id, holder = next(iter(taken.items()))
             raise LeaseConflict(f"crop {crop_id} is on {holder}'s screen (leased); it was not changed")
@@ -581,21 +586,21 @@ class ReviewQueue:
         The crops come back leased to the reviewer so the page can show them again.
         """
         now = utcnow()
-        with self._transaction() as session:
-            lock_for_write(session)
+        with self._transaction() as connection:
+            lock_for_write(connection)
             undoable = _undoable_events(reviewer)
-            target = session.scalars(undoable.order_by(ReviewEvent.id.desc()).limit(1)).first()
+            target = connection.execute(undoable.order_by(ReviewEvent.id.desc()).limit(1)).first()
             if target is None:
                 return []
             events = [target]
             if target.batch_id is not None:
                 events = list(
-                    session.scalars(
+                    connection.execute(
                         undoable.where(ReviewEvent.batch_id == target.batch_id).order_by(ReviewEvent.id)
                     )
                 )
             batch_id = uuid.uuid4().hex if len(events) > 1 else None
-            crops = self._locked_crops(session, [event.crop_id for event in events])
+            crops = self._locked_crops(connection, [event.crop_id for event in events])
             results = []
             for event in events:
                 crop = crops[event.crop_id]
@@ -606,7 +611,7 @@ class ReviewQueue:
                     continue
                 results.append(
                     _append_event(
-                        session,
+                        connection,
                         reviewer,
                         crop,
                         Decision.UNDO,
@@ -616,14 +621,14 @@ class ReviewQueue:
                         undoes_event_id=event.id,
                     )
                 )
-            self._upsert_leases(session, [result.crop_id for result in results], reviewer, now)
+            self._upsert_leases(connection, [result.crop_id for result in results], reviewer, now)
             return results
 
     # -- reading --------------------------------------------------------------------------------------
 
     def items(self, crop_ids: Sequence[int]) -> list[dict[str, Any]]:
-        with self._transaction() as session:
-            return self._items(session, list(crop_ids))
+        with self._transaction() as connection:
+            return self._items(connection, list(crop_ids))
 
     def item(self, crop_id: int) -> dict[str, Any]:
         found = self.items([crop_id])
@@ -631,11 +636,11 @@ class ReviewQueue:
             raise CropNotFound(f"no crop with id {crop_id}")
         return found[0]
 
-    def _items(self, session: Session, crop_ids: list[int]) -> list[dict[str, Any]]:
+    def _items(self, connection: Connection, crop_ids: list[int]) -> list[dict[str, Any]]:
         """Items in the order of `crop_ids`, each with its latest event (who decided it, when)."""
         if not crop_ids:
             return []
-        rows = session.execute(
+        rows = connection.execute(
             select(*ITEM_COLUMNS).outerjoin(Post, Post.id == Crop.post_id).where(Crop.id.in_(crop_ids))
         )
         by_id = {row.id: crop_item(row) for row in rows}
@@ -647,7 +652,7 @@ class ReviewQueue:
         events = select(
             ReviewEvent.crop_id, ReviewEvent.reviewer, ReviewEvent.decision, ReviewEvent.created_at
         )
-        for row in session.execute(events.where(ReviewEvent.id.in_(latest))):
+        for row in connection.execute(events.where(ReviewEvent.id.in_(latest))):
             by_id[row.crop_id]["last_event"] = {
                 "reviewer": row.reviewer,
                 "decision": row.decision,
@@ -658,23 +663,23 @@ class ReviewQueue:
     def history(self, reviewer: str, limit: int = 50) -> list[dict[str, Any]]:
         """The crops of the reviewer's latest decisions that still stand, oldest first."""
         limit = max(1, min(int(limit), MAX_ITEMS_PER_REQUEST))
-        with self._transaction() as session:
-            recent = session.scalars(
+        with self._transaction() as connection:
+            recent = connection.execute(
                 _undoable_events(reviewer).order_by(ReviewEvent.id.desc()).limit(limit * 2)
             ).all()
             crop_ids: list[int] = []
             for event in recent:
                 if event.crop_id not in crop_ids:
                     crop_ids.append(event.crop_id)
-            return self._items(session, crop_ids[:limit][::-1])
+            return self._items(connection, crop_ids[:limit][::-1])
 
     def file_relpath(self, crop_id: int, which: str) -> str:
         """The store path of a crop's own image (`crop`) or of its source post's original (`source`)."""
-        with self._transaction() as session:
+        with self._transaction() as connection:
             if which == "crop":
-                relpath = session.scalar(select(Crop.file_relpath).where(Crop.id == crop_id))
+                relpath = connection.scalar(select(Crop.file_relpath).where(Crop.id == crop_id))
             else:
-                relpath = session.scalar(
+                relpath = connection.scalar(
                     select(Post.file_relpath).join(Crop, Crop.post_id == Post.id).where(Crop.id == crop_id)
                 )
         if not relpath:
@@ -685,8 +690,8 @@ class ReviewQueue:
 
     def stats(self, reviewer: str | None = None) -> dict[str, Any]:
         """Counts per class and state, decisions per reviewer, and the ETA at the reviewer's pace."""
-        with self._transaction() as session:
-            counts = session.execute(
+        with self._transaction() as connection:
+            counts = connection.execute(
                 select(Crop.label, Crop.state, func.count()).group_by(Crop.label, Crop.state)
             )
             per_class: dict[str, dict[str, int]] = {
@@ -696,13 +701,13 @@ class ReviewQueue:
                 per_class.setdefault(label, {s.value: 0 for s in CropState})[state] = count
             reviewers = [
                 {"reviewer": name, "events": events, "last_at": _iso(last)}
-                for name, events, last in session.execute(
+                for name, events, last in connection.execute(
                     select(ReviewEvent.reviewer, func.count(), func.max(ReviewEvent.created_at))
                     .group_by(ReviewEvent.reviewer)
                     .order_by(func.max(ReviewEvent.created_at).desc())
                 )
             ]
-            pace = _pace_seconds(session, reviewer) if reviewer else None
+            pace = _pace_seconds(connection, reviewer) if reviewer else None
         totals = {state.value: sum(c[state.value] for c in per_class.values()) for state in CropState}
         classes = {}
         for name, class_counts in per_class.items():
@@ -728,8 +733,8 @@ class ReviewQueue:
         accepted = 0
         last_id = 0
         while True:
-            with self._transaction() as session:
-                lock_for_write(session)
+            with self._transaction() as connection:
+                lock_for_write(connection)
                 query = (
                     select(*CROP_NOW_COLUMNS)
                     .outerjoin(ReviewLease, ReviewLease.crop_id == Crop.id)
@@ -738,7 +743,7 @@ class ReviewQueue:
                     .limit(_CHUNK)
                     .with_for_update(of=Crop, skip_locked=True)
                 )
-                crops = list(session.execute(query))
+                crops = list(connection.execute(query))
                 if not crops:
                     return accepted
                 last_id = crops[-1].id
@@ -747,9 +752,9 @@ class ReviewQueue:
                     continue
                 for crop in crops:
                     _append_event(
-                        session, reviewer, crop, Decision.ACCEPT, CropState.ACCEPTED, crop.label, batch_id
+                        connection, reviewer, crop, Decision.ACCEPT, CropState.ACCEPTED, crop.label, batch_id
                     )
-                session.execute(delete(ReviewLease).where(ReviewLease.crop_id.in_([c.id for c in crops])))
+                connection.execute(delete(ReviewLease).where(ReviewLease.crop_id.in_([c.id for c in crops])))
 
     def export_csv(self, path: Path, queue_filter: QueueFilter | None = None) -> int:
         """Write one row per crop (EXPORT_COLUMNS); the file can be read back by `import_csv`."""
@@ -758,22 +763,33 @@ class ReviewQueue:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(EXPORT_COLUMNS)
-        with self._transaction() as session:
+        with self._transaction() as connection:
             latest = (
                 select(ReviewEvent.crop_id, func.max(ReviewEvent.id).label("event_id"))
                 .group_by(ReviewEvent.crop_id)
                 .subquery()
             )
             query = (
-                select(Crop, ReviewEvent.reviewer, ReviewEvent.created_at)
+                select(
+                    Crop.id,
+                    Crop.sha256,
+                    Crop.post_id,
+                    Crop.label,
+                    Crop.state,
+                    Crop.detection_score,
+                    Crop.crop_size,
+                    Crop.duplicate_cluster,
+                    ReviewEvent.reviewer,
+                    ReviewEvent.created_at.label("decided_at"),
+                    Crop.file_relpath,
+                )
                 .outerjoin(latest, latest.c.crop_id == Crop.id)
                 .outerjoin(ReviewEvent, ReviewEvent.id == latest.c.event_id)
                 .where(*queue_filter.conditions())
                 .order_by(Crop.id)
-                .execution_options(yield_per=2000)
             )
-            for crop, reviewer, decided_at in session.execute(query):
-                writer.writerow(_export_row(crop, reviewer, decided_at))
+            for row in connection.execute(query):
+                writer.writerow(_export_row(row))
                 written += 1
         atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
         return written
@@ -796,11 +812,11 @@ class ReviewQueue:
             except ReviewError as exc:
                 report.errors.append(LineError(line_number, str(exc)))
         for start in range(0, len(parsed), _CHUNK):
-            with self._transaction() as session:
-                lock_for_write(session)
+            with self._transaction() as connection:
+                lock_for_write(connection)
                 for line_number, line in parsed[start : start + _CHUNK]:
                     try:
-                        self._apply_import_line(session, reviewer, line, batch_id, report)
+                        self._apply_import_line(connection, reviewer, line, batch_id, report)
                     except ReviewError as exc:
                         report.errors.append(LineError(line_number, str(exc)))
         report.errors.sort(key=lambda error: error.line)
@@ -829,10 +845,10 @@ class ReviewQueue:
         return _ImportLine(crop_id, sha256 or None, state, label)
 
     def _apply_import_line(
-        self, session: Session, reviewer: str, line: _ImportLine, batch_id: str, report: ImportReport
+        self, connection: Connection, reviewer: str, line: _ImportLine, batch_id: str, report: ImportReport
     ) -> None:
         if line.crop_id is not None:
-            crops = _crops_now(session, Crop.id == line.crop_id)
+            crops = _crops_now(connection, Crop.id == line.crop_id)
             if not crops:
                 raise ReviewError(f"no crop with id {line.crop_id}")
             if line.sha256 and crops[0].sha256 != line.sha256:
@@ -840,7 +856,7 @@ class ReviewQueue:
                     f"crop {line.crop_id} has sha256 {crops[0].sha256[:12]}..., not {line.sha256[:12]}..."
                 )
         else:
-            crops = _crops_now(session, Crop.sha256 == line.sha256)
+            crops = _crops_now(connection, Crop.sha256 == line.sha256)
             if not crops:
                 raise ReviewError(f"no crop with sha256 {line.sha256}")
         for crop in crops:
@@ -849,7 +865,7 @@ class ReviewQueue:
                 report.unchanged += 1
                 continue
             _append_event(
-                session,
+                connection,
                 reviewer,
                 crop,
                 _import_decision(crop, line.state, label_after),
@@ -902,20 +918,10 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                 yield reader.line_num, normalised
 
 
-def _export_row(crop: Crop, reviewer: str | None, decided_at: datetime | None) -> list[Any]:
-    return [
-        crop.id,
-        crop.sha256,
-        crop.post_id,
-        crop.label,
-        crop.state,
-        "" if crop.detection_score is None else crop.detection_score,
-        crop.crop_size,
-        "" if crop.duplicate_cluster is None else crop.duplicate_cluster,
-        reviewer or "",
-        _iso(decided_at) or "",
-        crop.file_relpath,
-    ]
+def _export_row(row: Any) -> list[Any]:
+    """One CSV line (EXPORT_COLUMNS) from a row of the export query; empty fields for missing values."""
+    values = {**row._mapping, "decided_at": _iso(row.decided_at), "file": row.file_relpath, "crop_id": row.id}
+    return ["" if values[name] is None else values[name] for name in EXPORT_COLUMNS]
 
 
 def _free_for(reviewer: str, now: datetime) -> ColumnElement[bool]:
@@ -927,7 +933,7 @@ def _free_for(reviewer: str, now: datetime) -> ColumnElement[bool]:
     )
 
 
-def _undoable_events(reviewer: str) -> Select[ReviewEvent]:
+def _undoable_events(reviewer: str) -> Select[Any]:
     """The reviewer's decisions that are neither undone nor overridden by a later decision that stands."""
     undo = aliased(ReviewEvent)
     later = aliased(ReviewEvent)
@@ -938,7 +944,7 @@ def _undoable_events(reviewer: str) -> Select[ReviewEvent]:
         later.decision != Decision.UNDO,
         ~exists().where(later_undo.undoes_event_id == later.id),
     )
-    return select(ReviewEvent).where(
+    return select(*ReviewEvent.__table__.c).where(
         ReviewEvent.reviewer == reviewer,
         ReviewEvent.decision != Decision.UNDO,
         ~exists().where(undo.undoes_event_id == ReviewEvent.id),
@@ -946,14 +952,14 @@ def _undoable_events(reviewer: str) -> Select[ReviewEvent]:
     )
 
 
-def _crops_now(session: Session, condition: ColumnElement[bool]) -> list[CropNow]:
+def _crops_now(connection: Connection, condition: ColumnElement[bool]) -> list[CropNow]:
     """Id, state, label and hash of the crops matching `condition`, read fresh and row-locked."""
     query = select(*CROP_NOW_COLUMNS).where(condition).order_by(Crop.id).with_for_update(of=Crop)
-    return list(session.execute(query))
+    return list(connection.execute(query))
 
 
 def _append_event(
-    session: Session,
+    connection: Connection,
     reviewer: str,
     crop: CropNow,
     decision: str,
@@ -971,7 +977,7 @@ def _append_event(
         return DecisionResult(
             crop.id, reviewer, decision, state_before, state_after, label_before, label_after
         )
-    event_id = session.execute(
+    event_id = connection.execute(
         insert(ReviewEvent)
         .values(
             crop_id=crop.id,
@@ -986,10 +992,7 @@ def _append_event(
         )
         .returning(ReviewEvent.id)
     ).scalar_one()
-    session.execute(
-        update(Crop).where(Crop.id == crop.id).values(state=state_after, label=label_after),
-        execution_options={"synchronize_session": False},
-    )
+    connection.execute(update(Crop).where(Crop.id == crop.id).values(state=state_after, label=label_after))
     return DecisionResult(
         crop.id,
         reviewer,
@@ -1003,13 +1006,13 @@ def _append_event(
     )
 
 
-def _pace_seconds(session: Session, reviewer: str) -> float | None:
+def _pace_seconds(connection: Connection, reviewer: str) -> float | None:
     """Seconds per crop over the reviewer's recent decisions, breaks left out; None until there are a few.
 
     A grid page is one moment that decided many crops: the time since the moment before is spread over all
     of them (and may be longer before it counts as a break). Undo events are not decisions.
     """
-    rows = session.execute(
+    rows = connection.execute(
         select(ReviewEvent.created_at, ReviewEvent.batch_id)
         .where(ReviewEvent.reviewer == reviewer, ReviewEvent.decision != Decision.UNDO)
         .order_by(ReviewEvent.id.desc())

@@ -9,12 +9,13 @@ SELECT ... FOR UPDATE (SKIP LOCKED where any free row will do).
 
 from __future__ import annotations
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 
-def lock_for_write(session: Session) -> None:
+def lock_for_write(session: Session | Connection) -> None:
     """Call first thing in a transaction that reads and then writes what it read."""
-    connection = session.connection()
+    connection = session.connection() if isinstance(session, Session) else session
     if connection.dialect.name != "sqlite":
         return
     dbapi_connection = connection.connection.dbapi_connection
