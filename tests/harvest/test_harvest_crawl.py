@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import errno
 import hashlib
 import itertools
 import threading
@@ -350,6 +351,23 @@ def test_an_api_failing_for_good_stops_the_crawl_keeping_finished_work(
     with pytest.raises(HarvestError, match="gave up after 3 tries: HTTP 503"):
         run_crawl(booru, per_class=300, classes=["smile"])
     assert sum(row.state == PostState.DOWNLOADED for row in post_rows().values()) == 100
+
+
+def test_a_full_disk_stops_the_crawl_with_a_clear_message(
+    booru_factory: Callable[..., FakeDanbooru],
+    make_corpus: Callable[..., list[FakePost]],
+    run_crawl: RunCrawl,
+    post_rows: Rows,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FileStore, "put_original", full)
+    booru = booru_factory(make_corpus(CorpusCounts(keep=2)))
+    with pytest.raises(HarvestError, match="No space left on device"):
+        run_crawl(booru, per_class=2)
+    assert PostState.DOWNLOADED not in {row.state for row in post_rows().values()}
 
 
 def test_one_harvest_per_home(

@@ -450,7 +450,12 @@ class Crawler:
             if actual != job.md5:
                 detail = f"md5 of the {len(data)} bytes is {actual}"
                 return self._mark_refused(job, Verdict(HarvestReason.MD5_MISMATCH, detail))
-        stored = self.store.put_original(job.md5, data, job.ext)
+        try:
+            stored = self.store.put_original(job.md5, data, job.ext)
+        except OSError as exc:  # disk full, permissions: no use going on
+            raise HarvestError(
+                f"cannot write into {self.store.home / 'originals'}: {exc.strerror or exc}"
+            ) from exc
         self._mark_downloaded(job, (stored.relpath, stored.sha256))
         return None
 
