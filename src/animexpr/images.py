@@ -245,16 +245,19 @@ def is_greyscale(rgb: np.ndarray) -> bool:
     """
     height, width = rgb.shape[:2]
     step = max(1, max(height, width) // _GREY_SAMPLE_SIDE)
-    sample = rgb[::step, ::step].reshape(-1, 3)
+    sample = np.ascontiguousarray(rgb[::step, ::step])
     if sample.size == 0:
         return True
-    spread = sample.max(axis=1).astype(np.int16) - sample.min(axis=1)
-    coloured_share = float(np.count_nonzero(spread > GREY_CHROMA_THRESHOLD)) / len(spread)
+    red, green, blue = sample[..., 0], sample[..., 1], sample[..., 2]
+    # Channel by channel: several times faster than max/min over the last axis of a strided view.
+    spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
+    coloured_share = float(np.count_nonzero(spread > GREY_CHROMA_THRESHOLD)) / spread.size
     return coloured_share < GREY_MAX_COLOURED_SHARE
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB array; the same pixels always give the same bytes (no timestamps, no metadata)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=6)
+    # zlib level 3: about 3x faster than Pillow's default 6 on 128 px crops, for files about 7 % larger.
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
