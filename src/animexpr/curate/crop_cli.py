@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,12 @@ from animexpr.curate.crop import (
     make_detector_spec,
 )
 from animexpr.curate.detect import CASCADE_ENV
+from animexpr.errors import ConfigError
+
+
+class DetectorName(StrEnum):
+    LBP = "lbp"
+    ANIMEFACE = "animeface"
 
 
 class _RichCropProgress:
@@ -42,7 +49,8 @@ class _RichCropProgress:
 
     def start(self, total: int) -> None:
         self.bar.update(self.task, total=total)
-        self.bar.start()
+        if total:
+            self.bar.start()
 
     def advance(self, result: CropResult) -> None:
         self.crops += len(result.crops)
@@ -55,8 +63,8 @@ class _RichCropProgress:
 def crop(
     ctx: typer.Context,
     detector: Annotated[
-        str, typer.Option(help="lbp (OpenCV cascade) or animeface (optional extra).")
-    ] = "lbp",
+        DetectorName, typer.Option(help="lbp (OpenCV cascade) or animeface (optional extra).")
+    ] = DetectorName.LBP,
     scale_factor: Annotated[float, typer.Option(help="Detector pyramid step (detectMultiScale).")] = 1.1,
     min_neighbors: Annotated[int, typer.Option(help="Overlapping hits a face needs (detectMultiScale).")] = 5,
     min_size: Annotated[int, typer.Option(help="Smallest face the detector looks for, in pixels.")] = 24,
@@ -67,9 +75,8 @@ def crop(
     min_face: Annotated[
         int | None,
         typer.Option(
-            help="Skip faces smaller than this (px) [default: the smallest whose crop needs at most 2x "
-            "upscaling, "
-            f"{default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)} at the default size and margin]",
+            help="Skip faces smaller than this (px). Default: the smallest face whose crop needs at most 2x "
+            f"upscaling ({default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)} at the default size and margin).",
             show_default=False,
         ),
     ] = None,
@@ -82,13 +89,13 @@ def crop(
     ] = FacePolicy.LARGEST_IF_DOMINANT,
     keep_greyscale: Annotated[bool, typer.Option(help="Crop greyscale pictures too.")] = False,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes [default: all cores]", show_default=False)
+        int | None, typer.Option(help="Worker processes. Default: all cores.", show_default=False)
     ] = None,
     cascade: Annotated[
         Path | None,
         typer.Option(
-            help=f"The lbpcascade_animeface.xml to use [env: {CASCADE_ENV}; default: user cache, "
-            "else download]",
+            help=f"The lbpcascade_animeface.xml to use. Default: ${CASCADE_ENV}, else the user cache, "
+            "else a download checked against its pinned sha256.",
             show_default=False,
         ),
     ] = None,
@@ -103,7 +110,11 @@ def crop(
     """
     state = get_state(ctx)
     spec = make_detector_spec(
-        detector, scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size, cascade=cascade
+        str(detector),
+        scale_factor=scale_factor,
+        min_neighbors=min_neighbors,
+        min_size=min_size,
+        cascade=cascade,
     )
     try:
         settings = CropSettings(
@@ -115,7 +126,9 @@ def crop(
             keep_greyscale=keep_greyscale,
         )
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise ConfigError(f"crop: {exc}") from exc
+    if workers is not None and workers < 1:
+        raise ConfigError("crop: --workers must be at least 1")
     progress = _RichCropProgress()
     try:
         summary = crop_posts(
