@@ -66,7 +66,9 @@ def real_faces(per_class: int) -> list[Face] | None:
     for label, paths in files.items():
         shared_first = sorted(paths, key=lambda p: (len(md5_labels[p.name[:32]]) == 1, p.name))
         for path in shared_first[:per_class]:
-            image = cv2.resize(cv2.imread(str(path)), (CROP_SIDE, CROP_SIDE), interpolation=cv2.INTER_AREA)
+            image = cv2.resize(
+                decode(path.read_bytes()), (CROP_SIDE, CROP_SIDE), interpolation=cv2.INTER_AREA
+            )
             faces.append(Face(path.name[:32], label, encode(image)))
     return faces
 

@@ -43,9 +43,7 @@ def jpeg_and_resize(png: bytes) -> bytes:
     side = image.shape[0]
     smaller = cv2.resize(image, (side * 3 // 4, side * 3 // 4), interpolation=cv2.INTER_AREA)
     _, jpeg = cv2.imencode(".jpg", smaller, [cv2.IMWRITE_JPEG_QUALITY, 75])
-    return encode(
-        cv2.resize(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), (side, side), interpolation=cv2.INTER_CUBIC)
-    )
+    return encode(cv2.resize(decode(jpeg.tobytes()), (side, side), interpolation=cv2.INTER_CUBIC))
 
 
 def mirror(png: bytes) -> bytes:

@@ -125,7 +125,7 @@ def _augmentations_of_test_crops(engine: Engine, rows: list[dict[str, Any]]) -> 
         return session.scalar(select(func.count()).where(Augmentation.crop_id.in_(test_crops))) or 0
 
 
-def snapshot_items(engine: Engine, name: str) -> list[tuple[int, str, str, str]]:
+def snapshot_items(engine: Engine, name: str) -> list[tuple[object, ...]]:
     with Session(engine) as session:
         rows = session.execute(
             select(SnapshotItem.crop_id, SnapshotItem.file_relpath, SnapshotItem.label, SnapshotItem.split)
