@@ -46,18 +46,21 @@ class _RichCropProgress:
         )
         self.task = self.bar.add_task("crop", total=None, crops=0)
         self.crops = 0
+        self.started = False
 
     def start(self, total: int) -> None:
         self.bar.update(self.task, total=total)
         if total:
             self.bar.start()
+            self.started = True
 
     def advance(self, result: CropResult) -> None:
         self.crops += len(result.crops)
         self.bar.update(self.task, advance=1, crops=self.crops)
 
     def stop(self) -> None:
-        self.bar.stop()
+        if self.started:  # rich prints an empty line when stopping a bar that never ran
+            self.bar.stop()
 
 
 def crop(
