@@ -274,3 +274,29 @@ def test_screenshots_of_single_and_grid_mode(open_page: Callable[..., Any], tmp_
     for name in ("review-single.png", "review-grid.png"):
         assert (folder / name).stat().st_size > 50_000, name  # real pictures, not an empty page
     assert page.errors == []
+
+
+def test_token_login_in_the_browser_keeps_the_secret_out_of_the_page(
+    browser: Any, engine: Engine, settings: Settings, crops: SeededCrops
+) -> None:
+    token = "a-long-enough-shared-secret"
+    app = create_app(engine, settings, ReviewAppConfig(reviewer="alice", token=token))
+    with LiveServer(app) as live:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        try:
+            page = context.new_page()
+            page.goto(live.url + "/")
+            assert page.url.endswith("/login")
+            page.fill("input[name=token]", "wrong-guess")
+            page.press("input[name=token]", "Enter")
+            page.wait_for_selector(".login-error")
+            page.fill("input[name=token]", token)
+            page.press("input[name=token]", "Enter")
+            page.wait_for_selector("body[data-ready='1']", timeout=15000)
+            assert page.evaluate("() => document.cookie") == ""  # HttpOnly: the page's script cannot read it
+            assert token not in page.content()
+            shown = current_crop(page)
+            press(page, "x")
+            assert crop_row(engine, shown).state == "rejected"
+        finally:
+            context.close()
