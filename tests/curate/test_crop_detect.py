@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from animexpr.curate import detect
@@ -17,6 +18,7 @@ from animexpr.curate.detect import (
     CASCADE_ENV,
     CASCADE_SHA256,
     CASCADE_URL,
+    Detection,
     DetectorError,
     check_animeface_usable,
     load_cascade,
@@ -49,6 +51,28 @@ def test_default_detector_finds_the_same_37_boxes_as_bare_opencv(
     ours = sorted((d.x, d.y, d.w, d.h) for d in cropper.detect(decode_image(grid).rgb))
     assert len(bare_boxes) == 37
     assert ours == bare_boxes
+
+
+def test_lbp_score_is_the_number_of_merged_hits(cascade_file: Path, assets_dir: Path, tmp_path: Path) -> None:
+    spec = make_detector_spec("lbp", min_size=64, cascade=cascade_file)
+    cropper = PostCropper(CropSettings(detector=spec), FileStore(tmp_path))
+    found = cropper.detect(decode_image(assets_dir / "illustration-grid.jpg").rgb)
+    scores = [d.score for d in found]
+    assert all(score is not None and score > spec.min_neighbors for score in scores)
+    assert len(set(scores)) > 10  # it tells boxes apart
+
+
+def test_whole_detector_takes_the_centred_square(tmp_path: Path) -> None:
+    spec = make_detector_spec("whole")
+    assert spec.cascade_path is None
+    cropper = PostCropper(CropSettings(detector=spec), FileStore(tmp_path))
+    landscape = np.zeros((200, 300, 3), np.uint8)
+    assert cropper.detect(landscape) == [Detection(50, 0, 200, 200)]
+    assert cropper.detect(landscape[:, :150]) == [Detection(0, 25, 150, 150)]
+    settings = CropSettings(detector=spec, margin=0.25)
+    assert settings.effective_margin == 0.0
+    assert settings.key_settings()["margin"] == 0.0
+    assert settings.effective_min_face == 64  # 128 px crops from at least 64 px pictures
 
 
 def test_explicit_path_wins_and_is_taken_as_given(tmp_path: Path) -> None:

@@ -174,6 +174,8 @@ def test_every_post_gets_its_outcome_and_every_crop_its_row_and_file(
         assert crop.faces_policy == "largest-if-dominant"
         assert crop.detections_count == 1
         assert crop.detector == "lbp"
+        assert crop.detection_score is not None
+        assert crop.detection_score > 5  # merged hits, more than --min-neighbors
         assert crop.detector_settings["margin"] == 0.25
         assert crop.detector_settings["cascade_sha256"] == detector.cascade_sha256
         assert crop.settings_key == settings.settings_key
@@ -400,3 +402,30 @@ def test_crop_command_prints_a_summary_and_errors_in_one_line(
     assert missing.returncode == 1
     assert "no cascade file at" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def drawn_picture(seed: int, width: int, height: int) -> bytes:
+    """A colourful picture (no assets needed): random colour blocks, smoothed."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    return jpeg(cv2.resize(blocks, (width, height), interpolation=cv2.INTER_CUBIC))
+
+
+def test_whole_detector_crops_face_collections_without_a_cascade(engine: Engine, store: FileStore) -> None:
+    sizes = [(256, 256), (300, 200), (180, 240), (40, 40)]
+    add_posts(
+        engine,
+        store,
+        [PostFile(i, drawn_picture(i, w, h), "jpg", "smile", "") for i, (w, h) in enumerate(sizes, start=1)],
+    )
+    settings = CropSettings(detector=make_detector_spec("whole"))
+    summary = crop_posts(engine, store, settings, workers=2)
+    assert summary.crops == 3
+    assert attempts(engine)[4].outcome == "face_too_small"  # 40 px: more than 2x upscaling to 128
+    made = {c.post_id: c for c in crops(engine)}
+    assert (made[2].crop_x, made[2].crop_y, made[2].crop_size) == (50, 0, 200)
+    assert (made[3].crop_x, made[3].crop_y, made[3].crop_size) == (0, 30, 180)
+    for crop in made.values():
+        assert crop.detection_score is None
+        assert decode_image(store.abspath(crop.file_relpath)).rgb.shape == (128, 128, 3)
+    assert crop_posts(engine, store, settings, workers=2).total == 0

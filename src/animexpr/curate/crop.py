@@ -214,14 +214,21 @@ class CropSettings:
             raise ValueError("dominance must be at least 1")
 
     @property
+    def effective_margin(self) -> float:
+        """The `whole` detector's box is the picture itself: nothing around it to add."""
+        return 0.0 if self.detector.name == "whole" else self.margin
+
+    @property
     def effective_min_face(self) -> int:
-        return self.min_face if self.min_face is not None else default_min_face(self.size, self.margin)
+        if self.min_face is not None:
+            return self.min_face
+        return default_min_face(self.size, self.effective_margin)
 
     def key_settings(self) -> dict[str, Any]:
         """Everything that decides which crops come out, and their pixels (stored with each crop)."""
         return {
             **self.detector.key_settings(),
-            "margin": self.margin,
+            "margin": self.effective_margin,
             "size": self.size,
             "min_face": self.effective_min_face,
             "faces": str(self.faces),
@@ -262,7 +269,7 @@ def make_detector_spec(
         name=detector, scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size
     )
     if detector == "lbp":
-        resolved = resolve_cascade(cascade, download=download)
+        resolved = resolve_cascade(cascade, download=download)  # the others need no file
         spec = DetectorSpec(
             name=detector,
             scale_factor=scale_factor,
@@ -360,7 +367,7 @@ class PostCropper:
 
     def _store_crop(self, rgb: np.ndarray, face_index: int, face: Detection) -> FaceCrop:
         height, width = rgb.shape[:2]
-        square = crop_square(face, self.settings.margin, width, height)
+        square = crop_square(face, self.settings.effective_margin, width, height)
         pixels = resize_square(cut_square(rgb, square), self.settings.size)
         stored = self.store.put_bytes("crops", encode_png(pixels), "png")
         return FaceCrop(face_index, face, square, stored.sha256, stored.relpath)

@@ -29,6 +29,7 @@ from animexpr.errors import ConfigError
 class DetectorName(StrEnum):
     LBP = "lbp"
     ANIMEFACE = "animeface"
+    WHOLE = "whole"
 
 
 class _RichCropProgress:
@@ -66,7 +67,11 @@ class _RichCropProgress:
 def crop(
     ctx: typer.Context,
     detector: Annotated[
-        DetectorName, typer.Option(help="lbp (OpenCV cascade) or animeface (optional extra).")
+        DetectorName,
+        typer.Option(
+            help="lbp (OpenCV cascade), animeface (optional extra), or whole (the pictures are face crops "
+            "already: their centred square)."
+        ),
     ] = DetectorName.LBP,
     scale_factor: Annotated[float, typer.Option(help="Detector pyramid step (detectMultiScale).")] = 1.1,
     min_neighbors: Annotated[int, typer.Option(help="Overlapping hits a face needs (detectMultiScale).")] = 5,

@@ -1,4 +1,5 @@
-"""Anime face detectors: nagadomi's LBP cascade through OpenCV (default), and the optional animeface-2009.
+"""Anime face detectors: nagadomi's LBP cascade through OpenCV (default), the optional animeface-2009, and
+`whole` for collections whose pictures are already face crops (the centred square of each picture).
 
 The cascade file is not shipped with animexpr (its repository has no licence file and asks users to download
 it). `resolve_cascade` finds it, in this order: an explicit path (``--cascade``), the ``ANIMEXPR_CASCADE``
@@ -33,7 +34,7 @@ CASCADE_SHA256: Final = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88c
 CASCADE_ENV: Final = "ANIMEXPR_CASCADE"
 # The cascade's training window: it cannot see a face smaller than this.
 CASCADE_WINDOW_PX: Final = 24
-DETECTORS: Final = ("lbp", "animeface")
+DETECTORS: Final = ("lbp", "animeface", "whole")
 # animeface-2009's own face_collector.rb keeps faces whose likelihood is at least 0.2.
 ANIMEFACE_MIN_LIKELIHOOD: Final = 0.2
 
@@ -74,6 +75,8 @@ class DetectorSpec:
 
     def key_settings(self) -> dict[str, Any]:
         """What decides the boxes (not where the cascade lies on this machine): goes into the settings key."""
+        if self.name == "whole":
+            return {"detector": "whole"}
         if self.name == "animeface":
             return {
                 "detector": "animeface",
@@ -96,11 +99,18 @@ def build_detector(spec: DetectorSpec) -> FaceDetector:
         return LbpCascadeDetector(spec)
     if spec.name == "animeface":
         return AnimeFaceDetector()
+    if spec.name == "whole":
+        return WholeImageDetector()
     raise DetectorError(f"unknown detector {spec.name!r}; choose one of {', '.join(DETECTORS)}")
 
 
 class LbpCascadeDetector:
-    """nagadomi's README, step for step: grey, equalised histogram, detectMultiScale."""
+    """nagadomi's README, step for step: grey, equalised histogram, detectMultiScale.
+
+    Through detectMultiScale2, which returns the very same boxes plus, for each, how many raw hits were
+    merged into it: that count is the box's score (more is surer; it also grows with the face's size), so
+    that review can show the weakest detections first.
+    """
 
     def __init__(self, spec: DetectorSpec) -> None:
         if not spec.cascade_path:
@@ -114,13 +124,25 @@ class LbpCascadeDetector:
 
     def detect_equalised(self, grey: np.ndarray, min_size: int) -> list[Detection]:
         side = max(CASCADE_WINDOW_PX, int(min_size))
-        boxes = self.classifier.detectMultiScale(
+        boxes, hits = self.classifier.detectMultiScale2(
             grey,
             scaleFactor=self.spec.scale_factor,
             minNeighbors=self.spec.min_neighbors,
             minSize=(side, side),
         )
-        return [Detection(int(x), int(y), int(w), int(h)) for x, y, w, h in boxes]
+        return [
+            Detection(int(x), int(y), int(w), int(h), float(n))
+            for (x, y, w, h), n in zip(boxes, np.ravel(hits), strict=True)
+        ]
+
+
+class WholeImageDetector:
+    """Every picture is one face already: the box is its centred square (the margin does not apply)."""
+
+    def detect(self, rgb: np.ndarray, min_size: int) -> list[Detection]:
+        height, width = rgb.shape[:2]
+        side = min(height, width)
+        return [Detection((width - side) // 2, (height - side) // 2, side, side)]
 
 
 def load_cascade(path: Path) -> cv2.CascadeClassifier:
