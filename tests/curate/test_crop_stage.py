@@ -19,9 +19,11 @@ from PIL import Image
 from sqlalchemy import Engine, func, select
 
 from animexpr.config import Settings
+from animexpr.curate import crop as crop_module
 from animexpr.curate.crop import (
     CropResult,
     CropSettings,
+    CropStoreError,
     FacePolicy,
     crop_posts,
     crop_square,
@@ -30,8 +32,8 @@ from animexpr.curate.crop import (
 from animexpr.curate.detect import Detection, DetectorSpec
 from animexpr.db.models import Crop, CropAttempt, Post, PostState
 from animexpr.db.session import open_db, session_scope
-from animexpr.images import MISSING_FILE, decode_image
-from animexpr.store import FileStore, sha256_file
+from animexpr.images import MISSING_FILE, DecodedImage, decode_image
+from animexpr.store import FileStore, StoredFile, sha256_file
 
 CELL = 512  # the grid is 6 x 6 illustrations of 512 px
 
@@ -429,3 +431,45 @@ def test_whole_detector_crops_face_collections_without_a_cascade(engine: Engine,
         assert crop.detection_score is None
         assert decode_image(store.abspath(crop.file_relpath)).rgb.shape == (128, 128, 3)
     assert crop_posts(engine, store, settings, workers=2).total == 0
+
+
+def test_an_unexpected_error_on_one_post_is_counted_not_recorded_and_retried(
+    engine: Engine, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_posts(engine, store, [PostFile(i, drawn_picture(i, 200, 200), "jpg", "smile", "") for i in (1, 2, 3)])
+    real_decode = crop_module.decode_image
+
+    def decode_failing_on_post_2(path: str, **options: int) -> DecodedImage:
+        if Path(path).read_bytes() == drawn_picture(2, 200, 200):
+            raise RuntimeError("a bug met on this one file")
+        return real_decode(path, **options)
+
+    monkeypatch.setattr(crop_module, "decode_image", decode_failing_on_post_2)
+    settings = CropSettings(detector=make_detector_spec("whole"))
+    summary = crop_posts(engine, store, settings, workers=1)
+    assert dict(summary.outcomes) == {"cropped": 2, "crop_error": 1}
+    assert sorted(attempts(engine)) == [1, 3]
+    monkeypatch.setattr(crop_module, "decode_image", real_decode)
+    retry = crop_posts(engine, store, settings, workers=1)
+    assert retry.total == 1
+    assert dict(retry.outcomes) == {"cropped": 1}
+
+
+def test_a_store_that_cannot_be_written_stops_the_run_keeping_what_is_done(
+    engine: Engine, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_posts(engine, store, [PostFile(i, drawn_picture(i, 200, 200), "jpg", "smile", "") for i in (1, 2, 3)])
+    real_put = FileStore.put_bytes
+    calls = []
+
+    def put_until_the_disk_is_full(self: FileStore, area: str, data: bytes, ext: str) -> StoredFile:
+        calls.append(area)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real_put(self, area, data, ext)
+
+    monkeypatch.setattr(FileStore, "put_bytes", put_until_the_disk_is_full)
+    with pytest.raises(CropStoreError, match="No space left on device"):
+        crop_posts(engine, store, CropSettings(detector=make_detector_spec("whole")), workers=1)
+    assert sorted(attempts(engine)) == [1]
+    assert len(crops(engine)) == 1

@@ -51,6 +51,7 @@ from animexpr.curate.detect import (
 )
 from animexpr.db.models import Crop, CropAttempt, CropState, Post, PostState
 from animexpr.db.session import session_scope
+from animexpr.errors import AnimexprError
 from animexpr.images import DEFAULT_MAX_PIXELS, MISSING_FILE, ImageDecodeError, decode_image, encode_png
 from animexpr.store import FileStore
 
@@ -89,6 +90,17 @@ class CropOutcome(StrEnum):
     FACE_TOO_SMALL = "face_too_small"
     GREYSCALE = "greyscale"
     NO_LABEL = "no_label"
+    # Counted but not recorded, so that the next run tries the post again: an unexpected failure on this
+    # one post (logged with its message).
+    CROP_ERROR = "crop_error"
+
+
+# Outcomes that say nothing lasting about the post: not recorded, retried by the next run.
+RETRIED_OUTCOMES: Final = frozenset({MISSING_FILE, CropOutcome.CROP_ERROR})
+
+
+class CropStoreError(AnimexprError):
+    """A crop could not be written to the store (disk full, permissions): the run stops."""
 
 
 # Pure geometry ----------------------------------------------------------------------------------------------
@@ -321,6 +333,16 @@ class PostCropper:
         self.detector: FaceDetector = build_detector(settings.detector)
 
     def crop(self, job: CropJob) -> CropResult:
+        """The outcome for one post; only a store write failure raises (`CropStoreError`)."""
+        try:
+            return self._crop(job)
+        except CropStoreError:
+            raise
+        except Exception as exc:  # one odd file must not stop a long run; the next run retries it
+            detail = f"{type(exc).__name__}: {exc}"
+            return CropResult(job.post_id, job.label, CropOutcome.CROP_ERROR, detail)
+
+    def _crop(self, job: CropJob) -> CropResult:
         if job.label is None:
             return CropResult(job.post_id, None, CropOutcome.NO_LABEL, "the post has no class")
         try:
@@ -369,7 +391,10 @@ class PostCropper:
         height, width = rgb.shape[:2]
         square = crop_square(face, self.settings.effective_margin, width, height)
         pixels = resize_square(cut_square(rgb, square), self.settings.size)
-        stored = self.store.put_bytes("crops", encode_png(pixels), "png")
+        try:
+            stored = self.store.put_bytes("crops", encode_png(pixels), "png")
+        except OSError as exc:
+            raise CropStoreError(f"cannot write crops into {self.store.home / 'crops'}: {exc}") from exc
         return FaceCrop(face_index, face, square, stored.sha256, stored.relpath)
 
 
@@ -562,9 +587,10 @@ class _ResultWriter:
         self.crops_written = 0
 
     def add(self, result: CropResult) -> None:
-        if result.outcome == MISSING_FILE:
-            # Not recorded: a missing original is the store's problem, and a later run should try again.
-            log.warning("post %d: %s", result.post_id, result.detail)
+        if result.outcome in RETRIED_OUTCOMES:
+            # Not recorded: a missing original is the store's problem, an unexpected error may be fixed;
+            # either way the next run tries again.
+            log.warning("post %d: %s: %s", result.post_id, result.outcome, result.detail)
             return
         self.buffer.append(result)
         if len(self.buffer) >= _FLUSH_EVERY or time.monotonic() - self.last_flush > _FLUSH_SECONDS:
