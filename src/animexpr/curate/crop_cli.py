@@ -51,7 +51,7 @@ class _RichCropProgress:
 
     def start(self, total: int) -> None:
         self.bar.update(self.task, total=total)
-        if total:
+        if total and console.is_terminal:  # a bar in a pipe or a log file would only add noise
             self.bar.start()
             self.started = True
 
