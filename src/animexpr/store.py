@@ -11,12 +11,14 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 AREAS = ("originals", "crops", "augmented", "snapshots")
 TEMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
+_FSYNC_THREADS = 8  # fsync waits on the disk with the GIL released
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(temp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _fsync_all(fds: Sequence[int]) -> None:
+    """fsync several files at once: the filesystem commits concurrent fsyncs together, and waiting on the
+    disk one file at a time costs more than making the file."""
+    if len(fds) <= 1:
+        for fd in fds:
+            os.fsync(fd)
+        return
+    with ThreadPoolExecutor(max_workers=min(_FSYNC_THREADS, len(fds))) as pool:
+        list(pool.map(os.fsync, fds))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -132,16 +145,16 @@ class FileStore:
                 fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
                 pending.append((fd, temp_name, path))
                 _write_all(fd, data)
-            for fd, _, _ in pending:
-                os.fsync(fd)
+            _fsync_all([fd for fd, _, _ in pending])
             for _, temp_name, path in pending:
                 os.replace(temp_name, path)
         finally:
             for fd, temp_name, _ in pending:
                 os.close(fd)
                 Path(temp_name).unlink(missing_ok=True)  # only those a failure left before their rename
-        for folder in {path.parent for _, _, path in pending}:
-            _fsync_directory(folder)
+        folders = {path.parent for _, _, path in pending}
+        with ThreadPoolExecutor(max_workers=_FSYNC_THREADS) as pool:
+            list(pool.map(_fsync_directory, folders))
         return stored
 
     def put_original(self, md5: str, data: bytes, ext: str) -> StoredFile:
