@@ -29,7 +29,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -655,11 +655,3 @@ class _ResultWriter:
                 )
             )
         return rows
-
-
-def describe_settings(settings: CropSettings) -> dict[str, Any]:
-    """The settings as plain values, for printing."""
-    values = asdict(settings)
-    values["min_face"] = settings.effective_min_face
-    values["faces"] = str(settings.faces)
-    return values
