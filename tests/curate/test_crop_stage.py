@@ -473,3 +473,21 @@ def test_a_store_that_cannot_be_written_stops_the_run_keeping_what_is_done(
         crop_posts(engine, store, CropSettings(detector=make_detector_spec("whole")), workers=1)
     assert sorted(attempts(engine)) == [1]
     assert len(crops(engine)) == 1
+
+
+def test_workers_that_cannot_start_fall_back_to_this_process(
+    engine: Engine,
+    store: FileStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What `python - <<EOF` does to multiprocessing: each worker must run a main script that is not a file.
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
+    monkeypatch.setattr(main, "__file__", str(tmp_path / "not-a-file.py"), raising=False)
+    add_posts(engine, store, [PostFile(i, drawn_picture(i, 200, 200), "jpg", "smile", "") for i in (1, 2, 3)])
+    summary = crop_posts(engine, store, CropSettings(detector=make_detector_spec("whole")), workers=2)
+    assert dict(summary.outcomes) == {"cropped": 3}
+    assert len(crops(engine)) == 3
+    assert "cropping in this process instead" in caplog.text

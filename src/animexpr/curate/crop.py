@@ -29,6 +29,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -101,6 +102,10 @@ RETRIED_OUTCOMES: Final = frozenset({MISSING_FILE, CropOutcome.CROP_ERROR})
 
 class CropStoreError(AnimexprError):
     """A crop could not be written to the store (disk full, permissions): the run stops."""
+
+
+class CropWorkerDied(AnimexprError):
+    """A worker process ended in the middle of a post (out of memory, a crash in native code)."""
 
 
 # Pure geometry ----------------------------------------------------------------------------------------------
@@ -450,12 +455,14 @@ def _iter_results_pooled(
     )
     pending: set[cf.Future[CropResult]] = set()
     queue = iter(jobs)
+    started = yielded = False
     try:
         for job in queue:
             pending.add(pool.submit(_crop_in_worker, job))
             if len(pending) >= workers:
                 break
         on_started()
+        started = True
         while pending:
             done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for _ in done:
@@ -464,8 +471,21 @@ def _iter_results_pooled(
                     pending.add(pool.submit(_crop_in_worker, next_job))
             for future in done:
                 yield future.result()
+                yielded = True
     except GeneratorExit:
         raise  # the caller stopped reading: nothing more to hand over
+    except BrokenProcessPool as exc:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if yielded:
+            raise CropWorkerDied(
+                "a crop worker process died (killed for lack of memory?); the finished posts are kept: run "
+                "again, with fewer --workers if memory is short"
+            ) from exc
+        # The workers could not even start (e.g. a main script they cannot import): do the work here.
+        log.warning("crop worker processes could not start (%s); cropping in this process instead", exc)
+        yield from _iter_results_inline(
+            jobs, settings, FileStore(home), (lambda: None) if started else on_started
+        )
     except BaseException:
         # Interrupted (or a worker failed): keep what the workers already finished, drop the rest.
         pool.shutdown(wait=True, cancel_futures=True)
