@@ -491,3 +491,18 @@ def test_workers_that_cannot_start_fall_back_to_this_process(
     assert dict(summary.outcomes) == {"cropped": 3}
     assert len(crops(engine)) == 3
     assert "cropping in this process instead" in caplog.text
+
+
+def test_crop_stage_on_every_database(any_db_url: str, store: FileStore) -> None:
+    engine = open_db(any_db_url)
+    try:
+        add_posts(engine, store, [PostFile(i, drawn_picture(i, 160, 160), "jpg", "sad", "") for i in (1, 2)])
+        settings = CropSettings(detector=make_detector_spec("whole"))
+        assert crop_posts(engine, store, settings, workers=2).crops == 2
+        assert crop_posts(engine, store, settings, workers=2).total == 0
+        assert [(c.post_id, c.label, c.state) for c in crops(engine)] == [
+            (1, "sad", "pending"),
+            (2, "sad", "pending"),
+        ]
+    finally:
+        engine.dispose()
