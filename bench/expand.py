@@ -3,10 +3,11 @@
     python bench/expand.py [--crops 600] [--images 1200] [--repeats 3] [--side 128] [--snapshot-target 11612]
 
 Baseline, measured in the same run on the same crops: one process, the same recipe (`build_recipe`), and what
-a plain script does per image: `cv2.imread`, `compose(image=...)`, `cv2.imwrite`. The expander is timed end to
-end (`expand()`: plan, database reads and writes, workers, content-addressed atomic writes). Each repeat of
-the expander uses another seed, so it makes as many new images as the baseline. Medians are printed because
-the machine is shared.
+a plain script does per image: `cv2.imread`, `compose(image=...)`, `cv2.imwrite`. A second baseline writes
+through the store instead (temporary file, fsync, rename), which is what the expander must do and what a
+plain `cv2.imwrite` skips. The expander is timed end to end (`expand()`: plan, database reads and writes,
+workers, durable content-addressed writes). Each repeat of the expander uses another seed, so it makes as many
+new images as the baselines. Medians are printed because the machine is shared.
 
 Crops are the real faces of ANIMEXPR_ASSETS/faces when it is set (resized to --side, the crop stage's
 default 128 px), generated pictures otherwise.
@@ -128,14 +129,19 @@ def _cpu_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def plain_loop(paths: list[Path], out_dir: Path) -> None:
-    """What a plain single-process script does with the same recipe."""
+def plain_loop(paths: list[Path], out_dir: Path, durable: bool = False) -> None:
+    """What a plain single-process script does with the same recipe; `durable` writes through the store
+    (temporary, fsync, rename) as the expander must, to show what durability alone costs."""
     recipe = build_recipe()
     recipe.set_random_seed(0)
+    store = FileStore(out_dir)
     for index, path in enumerate(paths):
         image = cv2.imread(str(path))
         augmented = recipe(image=image)["image"]
-        cv2.imwrite(str(out_dir / f"{index}.png"), augmented)
+        if durable:
+            store.put_bytes("augmented", cv2.imencode(".png", augmented)[1].tobytes(), "png")
+        else:
+            cv2.imwrite(str(out_dir / f"{index}.png"), augmented)
 
 
 def main(argv: list[str]) -> int:
@@ -164,14 +170,20 @@ def main(argv: list[str]) -> int:
         crop_paths = sorted((work / "home" / "crops").rglob("*.png"))
         baseline_paths = [crop_paths[i % len(crop_paths)] for i in range(args.images)]
 
-        runs: dict[str, list[tuple[float, float]]] = {"plain": [], "parallel": [], "single": []}
+        runs: dict[str, list[tuple[float, float]]] = {
+            "plain": [],
+            "plain durable": [],
+            "parallel": [],
+            "single": [],
+        }
         for repeat in range(args.repeats):
-            out = work / f"plain-{repeat}"
-            out.mkdir()
-            with Timer() as timer:
-                plain_loop(baseline_paths, out)
-            runs["plain"].append(timer.rates(args.images))
-            shutil.rmtree(out)
+            for key, durable in (("plain", False), ("plain durable", True)):
+                out = work / f"plain-{repeat}"
+                out.mkdir()
+                with Timer() as timer:
+                    plain_loop(baseline_paths, out, durable)
+                runs[key].append(timer.rates(args.images))
+                shutil.rmtree(out)
             for workers, key in ((args.workers, "parallel"), (1, "single")):
                 with Timer() as timer:
                     summary = expand(
@@ -188,7 +200,7 @@ def main(argv: list[str]) -> int:
                 f"repeat {repeat} (load {os.getloadavg()[0]:.1f}): "
                 + ", ".join(f"{key} {runs[key][-1][0]:.0f} img/s" for key in runs)
             )
-        base, fast, one = (statistics.median(rate for rate, _ in runs[key]) for key in runs)
+        base, base_durable, fast, one = (statistics.median(rate for rate, _ in runs[key]) for key in runs)
         cpu = {key: statistics.median(ms for _, ms in runs[key]) for key in runs}
         # Ratios within one repeat compare runs made seconds apart, under about the same load.
         paired = statistics.median(p[0] / b[0] for p, b in zip(runs["parallel"], runs["plain"], strict=True))
@@ -196,6 +208,14 @@ def main(argv: list[str]) -> int:
             f"median: plain loop {base:.0f} img/s; expander with {args.workers} workers {fast:.0f} img/s "
             f"({fast / base:.2f}x; median of per-repeat ratios {paired:.2f}x); "
             f"expander with 1 worker {one:.0f} img/s ({one / base:.2f}x)"
+        )
+        paired_durable = statistics.median(
+            p[0] / b[0] for p, b in zip(runs["parallel"], runs["plain durable"], strict=True)
+        )
+        print(
+            f"median: plain loop writing durably through the store {base_durable:.0f} img/s; expander with "
+            f"{args.workers} workers against it {fast / base_durable:.2f}x (median of per-repeat ratios "
+            f"{paired_durable:.2f}x)"
         )
         print(
             "median CPU time per image (all processes): "
