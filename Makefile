@@ -18,9 +18,10 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,browser]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# Real anime faces for the demo when the assets folder sits beside the repository; drawn faces otherwise.
+ASSETS_DIR := $(wildcard ../shared/assets)
 demo: venv
-	$(BIN)/animexpr init
-	$(BIN)/animexpr status
+	$(if $(ASSETS_DIR),ANIMEXPR_ASSETS=$${ANIMEXPR_ASSETS:-$(abspath $(ASSETS_DIR))}) $(BIN)/animexpr demo
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -154,7 +154,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except AnimexprError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted; finished work is kept")
