@@ -69,6 +69,9 @@ DEFAULT_DOMINANCE: Final = 2.0
 # with the pixel count: about 2 s for 9.4 MP at minSize 24 on one core of the build machine).
 DEFAULT_DETECT_MAX_PIXELS: Final = 3072 * 3072
 PAD_VALUE: Final = (255, 255, 255)
+# Each worker process runs OpenCV on one thread: the processes already fill the cores, and OpenCV's own
+# threads would only compete with them.
+WORKER_OPENCV_THREADS = 1
 _FLUSH_EVERY: Final = 32
 _FLUSH_SECONDS: Final = 2.0
 
@@ -451,7 +454,7 @@ def _iter_results_pooled(
         max_workers=workers,
         mp_context=_pool_context(),
         initializer=_init_worker,
-        initargs=(settings, str(home), 1),
+        initargs=(settings, str(home), WORKER_OPENCV_THREADS),
     )
     pending: set[cf.Future[CropResult]] = set()
     queue = iter(jobs)
