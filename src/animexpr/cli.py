@@ -150,16 +150,13 @@ _register_rooms()
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one red line and exit status 1."""
+    """Console-script entry point: user errors become one red line and exit status 1.
+
+    Usage errors, `typer.Exit` codes and Ctrl-C outside a command's own handling are click's business
+    (standalone mode); only our own errors are turned into a line here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except AnimexprError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; finished work is kept")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
         sys.exit(1)

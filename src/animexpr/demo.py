@@ -24,7 +24,6 @@ from PIL import Image, ImageDraw
 from animexpr.cli_common import console, get_settings
 from animexpr.errors import AnimexprError
 from animexpr.harvest.fakebooru import serve_fake_danbooru
-from animexpr.model.inception import InceptionError, resolve_inception
 
 DEMO_MARKER = ".animexpr-demo"
 FACES_DRAWN_PER_CLASS = 150
@@ -200,6 +199,8 @@ def _run_pipeline(home: Path, url: str, sizes: DemoSizes, evaluate: bool) -> Non
 
 def _inception_available() -> bool:
     """The demo stays offline: it scores the model only when the Inception weights are already here."""
+    from animexpr.model.inception import InceptionError, resolve_inception
+
     try:
         resolve_inception(fetch=False)
     except InceptionError as exc:

@@ -240,3 +240,16 @@ def test_animeface_finds_faces_where_it_works(assets_dir: Path, tmp_path: Path) 
     found = cropper.detect(decode_image(assets_dir / "illustration-grid.jpg").rgb)
     assert len(found) >= 25  # 36 illustrations
     assert all(d.score is not None and d.score >= 0.2 for d in found)
+
+
+def test_crop_faces_cuts_every_face_of_an_illustration_like_the_crop_stage(
+    cascade_file: Path, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from animexpr.curate.crop import crop_faces
+
+    monkeypatch.setenv("ANIMEXPR_CASCADE", str(cascade_file))
+    cell = decode_image(assets_dir / "illustration-grid.jpg").rgb[:512, 512:1024]  # one illustration
+    faces = crop_faces(cell)
+    assert len(faces) == 1, "the second illustration of the grid shows one face"
+    assert all(face.shape == (128, 128, 3) and face.dtype == np.uint8 for face in faces)
+    assert crop_faces(np.full((300, 300, 3), 255, np.uint8)) == []  # a blank page has no face

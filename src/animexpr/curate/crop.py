@@ -384,26 +384,48 @@ class PostCropper:
         return CropResult(job.post_id, job.label, CropOutcome.CROPPED, note, len(faces), crops, detect_s)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        """Faces in the original's pixels, searched on a reduced copy when the image is very large."""
-        height, width = rgb.shape[:2]
-        settings = self.settings
-        scale = detection_scale(width, height, settings.detect_max_pixels, settings.effective_min_face)
-        if scale == 1.0:
-            return self.detector.detect(rgb, settings.detector.min_size)
-        reduced_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        reduced = cv2.resize(rgb, reduced_size, interpolation=cv2.INTER_AREA)
-        min_size = max(CASCADE_WINDOW_PX, round(settings.detector.min_size * scale))
-        return [map_box_back(box, scale, width, height) for box in self.detector.detect(reduced, min_size)]
+        return detect_faces(self.detector, self.settings, rgb)
 
     def _store_crop(self, rgb: np.ndarray, face_index: int, face: Detection) -> FaceCrop:
-        height, width = rgb.shape[:2]
-        square = crop_square(face, self.settings.effective_margin, width, height)
-        pixels = resize_square(cut_square(rgb, square), self.settings.size)
+        square, pixels = cut_face(rgb, face, self.settings)
         try:
             stored = self.store.put_bytes("crops", encode_png(pixels), "png")
         except OSError as exc:
             raise CropStoreError(f"cannot write crops into {self.store.home / 'crops'}: {exc}") from exc
         return FaceCrop(face_index, face, square, stored.sha256, stored.relpath)
+
+
+def detect_faces(detector: FaceDetector, settings: CropSettings, rgb: np.ndarray) -> list[Detection]:
+    """Faces in the original's pixels, searched on a reduced copy when the image is very large."""
+    height, width = rgb.shape[:2]
+    scale = detection_scale(width, height, settings.detect_max_pixels, settings.effective_min_face)
+    if scale == 1.0:
+        return detector.detect(rgb, settings.detector.min_size)
+    reduced_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    reduced = cv2.resize(rgb, reduced_size, interpolation=cv2.INTER_AREA)
+    min_size = max(CASCADE_WINDOW_PX, round(settings.detector.min_size * scale))
+    return [map_box_back(box, scale, width, height) for box in detector.detect(reduced, min_size)]
+
+
+def cut_face(rgb: np.ndarray, face: Detection, settings: CropSettings) -> tuple[Square, np.ndarray]:
+    """The crop square around one face and its pixels at the crop size."""
+    height, width = rgb.shape[:2]
+    square = crop_square(face, settings.effective_margin, width, height)
+    return square, resize_square(cut_square(rgb, square), settings.size)
+
+
+def crop_faces(rgb: np.ndarray, settings: CropSettings | None = None) -> list[np.ndarray]:
+    """Every face of one picture (large enough), cut as the crop stage cuts them; for `animexpr transform`.
+
+    The default detector is the LBP cascade, found as `crop` finds it (ANIMEXPR_CASCADE, cache, download).
+    """
+    if settings is None:
+        settings = CropSettings(detector=make_detector_spec("lbp"), faces=FacePolicy.ALL)
+    faces = detect_faces(build_detector(settings.detector), settings, rgb)
+    chosen = choose_faces(faces, settings.faces, settings.dominance)
+    return [
+        cut_face(rgb, face, settings)[1] for _, face in chosen if face.side >= settings.effective_min_face
+    ]
 
 
 # Worker processes ------------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""`animexpr train` and `animexpr transform`."""
+"""`animexpr train` and `animexpr transform`.
+
+torch and the model modules are imported inside the commands, so that every other command starts fast.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import importlib
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -15,10 +18,9 @@ from rich.table import Table
 
 from animexpr.cli_common import console, get_settings
 from animexpr.model.config import VARIANTS, TrainConfig
-from animexpr.model.data import resolve_snapshot
-from animexpr.model.networks import build_networks, parameter_counts
-from animexpr.model.train import train as run_training
-from animexpr.model.transform import CropMode, Cropper, load_generator, transform_images
+
+if TYPE_CHECKING:
+    from animexpr.model.transform import CropMode, Cropper
 
 log = logging.getLogger(__name__)
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "data"}
@@ -82,6 +84,9 @@ def train(
     dry_run: Annotated[bool, _opt("Print the config and parameter counts, then stop.")] = False,
 ) -> None:
     """Train the expression GAN (or one of its ablations) on a snapshot; torchrun runs it on several GPUs."""
+    from animexpr.model.data import resolve_snapshot
+    from animexpr.model.train import train as run_training
+
     settings = get_settings(ctx)
     data = resolve_snapshot(snapshot, settings.home).resolve()
     cfg = TrainConfig(
@@ -139,6 +144,8 @@ def train(
 
 
 def _print_parameter_counts(cfg: TrainConfig) -> None:
+    from animexpr.model.networks import build_networks, parameter_counts
+
     table = Table("part", "parameters")
     generator, discriminator = build_networks(cfg, num_classes=4)
     for name, count in parameter_counts(generator, discriminator).items():
@@ -196,6 +203,8 @@ def transform(
         raise typer.BadParameter("give exactly one of --to CLASS and --all")
     if crop not in ("auto", "always", "never"):
         raise typer.BadParameter("--crop: auto, always or never")
+    from animexpr.model.transform import load_generator, transform_images
+
     settings = get_settings(ctx)
     loaded = load_generator(checkpoint or settings.home / "runs", device)
     mode: CropMode = crop  # type: ignore[assignment]  # checked above

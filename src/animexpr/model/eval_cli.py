@@ -6,18 +6,16 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from animexpr.cli_common import console, get_settings
-from animexpr.model.classifier import ClassifierConfig
-from animexpr.model.compare import compare_runs
-from animexpr.model.data import resolve_snapshot
-from animexpr.model.evaluate import TABLE_COLUMNS, EvalOptions, evaluate_run, table_rows
-from animexpr.model.evaluate import Progress as ProgressFn
+
+if TYPE_CHECKING:  # torch is imported by the commands themselves, so that other commands start fast
+    from animexpr.model.evaluate import Progress as ProgressFn
 
 
 @contextmanager
@@ -70,6 +68,10 @@ def evaluate(
     """Score a run: every test image into every other class; FID, KID, expression accuracy, identity."""
     if reference not in ("all", "train", "test"):
         raise typer.BadParameter("expected all, train or test", param_hint="--reference")
+    from animexpr.model.classifier import ClassifierConfig
+    from animexpr.model.data import resolve_snapshot
+    from animexpr.model.evaluate import EvalOptions, evaluate_run
+
     settings = get_settings(ctx)
     snapshot_folder = resolve_snapshot(snapshot, settings.home) if snapshot else None
     options = EvalOptions(
@@ -86,6 +88,8 @@ def evaluate(
     if as_json:
         print(json.dumps(report, indent=2))
         return
+    from animexpr.model.evaluate import TABLE_COLUMNS, table_rows
+
     table = Table(
         *TABLE_COLUMNS, title=f"{report['run']} ({report['variant']}, iteration {report['iteration']})"
     )
@@ -108,6 +112,8 @@ def compare(
     rows: Annotated[int, typer.Option(help="Test inputs shown in the figure.")] = 8,
 ) -> None:
     """Table 1 for these runs (FID, KID, expression accuracy, identity, size, speed) and a figure."""
+    from animexpr.model.compare import compare_runs
+
     result = compare_runs(runs, out, figure, rows)
     console.print(result.markdown, markup=False, highlight=False)
     console.print(f"written {out}" + (f" and {result.figure}" if result.figure else ""))
