@@ -34,11 +34,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2
 
-from animexpr.curate.crop import CropSettings, CropSummary, crop_posts, default_workers, make_detector_spec
+from animexpr.curate.crop import CropSettings, CropSummary, crop_posts, make_detector_spec
 from animexpr.db.models import Post, PostState
 from animexpr.db.session import open_db, session_scope
 from animexpr.images import decode_image
 from animexpr.store import FileStore
+from animexpr.workers import default_workers
 
 CELL = 512
 

@@ -32,12 +32,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from animexpr.config import Settings, load_settings
-from animexpr.curate.augment import build_recipe, default_workers, expand
+from animexpr.curate.augment import build_recipe, expand
 from animexpr.curate.dedup import eligible_crops, update_duplicates
 from animexpr.curate.snapshot import create_snapshot, verify_snapshot
 from animexpr.db.models import Crop, CropState, Post, PostState
 from animexpr.db.session import open_db, session_scope
 from animexpr.store import FileStore
+from animexpr.workers import default_workers
 
 CLASSES = ("calli", "gura", "ina", "kiara")
 

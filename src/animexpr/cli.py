@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -13,10 +12,14 @@ import typer
 from rich.logging import RichHandler
 from rich.table import Table
 
-from animexpr import __version__
+from animexpr import __version__, demo
 from animexpr.cli_common import AppState, console, err_console, get_state
 from animexpr.config import CONFIG_FILE_NAME, load_settings
+from animexpr.curate import cli as curate_cli
 from animexpr.errors import AnimexprError
+from animexpr.harvest import cli as harvest_cli
+from animexpr.model import cli as model_cli
+from animexpr.model import eval_cli
 from animexpr.status import collect_status
 
 app = typer.Typer(
@@ -24,14 +27,6 @@ app = typer.Typer(
     help="Anime facial-expression dataset from Danbooru, and the expression GAN trained on it.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # never print local variables: they may hold an API key
-)
-# Rooms that add commands; a room whose module is missing is simply not offered.
-ROOM_CLI_MODULES = (
-    "animexpr.harvest.cli",
-    "animexpr.curate.cli",
-    "animexpr.model.cli",
-    "animexpr.model.eval_cli",
-    "animexpr.demo",
 )
 
 
@@ -135,18 +130,8 @@ def status(
     console.print(f"snapshots: {', '.join(report['snapshots']) or 'none'}")
 
 
-def _register_rooms() -> None:
-    for module_name in ROOM_CLI_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(app)
-
-
-_register_rooms()
+for room in (harvest_cli, curate_cli, model_cli, eval_cli, demo):
+    room.register(app)
 
 
 def main() -> None:

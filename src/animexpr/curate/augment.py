@@ -17,7 +17,6 @@ import hashlib
 import heapq
 import importlib
 import logging
-import multiprocessing
 import os
 import random
 import signal
@@ -47,6 +46,7 @@ from animexpr.db.models import Augmentation, Expansion
 from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
 from animexpr.store import FileStore
+from animexpr.workers import default_workers, pool_context
 
 if TYPE_CHECKING:
     from albumentations import Compose
@@ -352,13 +352,6 @@ def _run_in_worker(batch: tuple[CropJob, ...]) -> list[JobResult]:
     return run_batch(batch, _worker["recipe"], _worker["store"])
 
 
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def run_jobs(jobs: Sequence[CropJob], store: FileStore, workers: int) -> Iterator[JobResult]:
     """Results in job order, from `workers` processes (or this one when workers is 1)."""
     grouped = batches(jobs)
@@ -367,11 +360,11 @@ def run_jobs(jobs: Sequence[CropJob], store: FileStore, workers: int) -> Iterato
         for batch in grouped:
             yield from run_batch(batch, recipe, store)
         return
-    # fork: workers start in milliseconds with albumentations already imported; they touch no database.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(str(store.home),)
+        max_workers=workers,
+        mp_context=pool_context([__name__]),
+        initializer=_init_worker,
+        initargs=(str(store.home),),
     )
     try:
         for results in pool.map(_run_in_worker, grouped):

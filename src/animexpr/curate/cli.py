@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-# One module per command group, owned by whoever builds it; a module not written yet is simply not offered.
-COMMAND_MODULES = (
-    "animexpr.curate.crop_cli",
-    "animexpr.curate.review_cli",
-    "animexpr.curate.dedup_cli",
-    "animexpr.curate.expand_cli",
-    "animexpr.curate.snapshot_cli",
-)
+from animexpr.curate import crop_cli, expand_cli, review_cli
 
 
 def register(app: typer.Typer) -> None:
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+    for module in (crop_cli, review_cli, expand_cli):
         module.register(app)

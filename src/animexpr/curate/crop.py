@@ -23,8 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
-import os
 import signal
 import time
 from collections import Counter
@@ -55,6 +53,7 @@ from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
 from animexpr.images import DEFAULT_MAX_PIXELS, MISSING_FILE, ImageDecodeError, decode_image, encode_png
 from animexpr.store import FileStore
+from animexpr.workers import default_workers, pool_context
 
 log = logging.getLogger(__name__)
 
@@ -446,24 +445,6 @@ def _crop_in_worker(job: CropJob) -> CropResult:
     return _worker.crop(job)
 
 
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # Not fork: OpenCV's thread pool does not survive a fork, and a worker forked from a process that has
-    # already run a detection hangs. A fork server is a clean process that imports this module once; each
-    # worker is forked from it in milliseconds, so only the first pool of a process pays the import.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
 def _iter_results_pooled(
     jobs: Sequence[CropJob], settings: CropSettings, home: Path, workers: int, on_started: Callable[[], None]
 ) -> Generator[CropResult, None, None]:
@@ -474,7 +455,7 @@ def _iter_results_pooled(
     """
     pool = cf.ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=_pool_context(),
+        mp_context=pool_context([__name__]),
         initializer=_init_worker,
         initargs=(settings, str(home), WORKER_OPENCV_THREADS),
     )
