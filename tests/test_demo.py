@@ -17,9 +17,8 @@ BAD_KINDS_PER_CLASS = 5  # the fake server's ambiguous, excluded, deleted, banne
 
 def test_demo_runs_every_stage_with_the_expected_counts(tmp_path: Path) -> None:
     home = tmp_path / "demo"
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("ANIMEXPR_ASSETS", "ANIMEXPR_HOME", "ANIMEXPR_DB")
-    }
+    unset = ("ANIMEXPR_ASSETS", "ANIMEXPR_HOME", "ANIMEXPR_DB", "ANIMEXPR_INCEPTION")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env |= {"NO_ALBUMENTATIONS_UPDATE": "1", "ANIMEXPR_CACHE": str(tmp_path / "cache"), "COLUMNS": "120"}
     command = [sys.executable, "-m", "animexpr", "demo", "--home", str(home)]
     result = subprocess.run(
