@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from model_fixtures import tiny_config
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -34,32 +35,11 @@ from animexpr.model.evaluate import (
 )
 from animexpr.model.inception import InceptionError, InceptionFeatures, resolve_inception
 from animexpr.model.metrics import fid, kid
-from animexpr.model.train import config_for_run, train
+from animexpr.model.train import train
 from animexpr.store import sha256_bytes
 
 CLASSES = ("angry", "sad", "smile", "surprised")
 PER_CLASS = 5  # images per class: 1 test + 4 train
-TINY_TRAINING: dict[str, Any] = {
-    "iters": 4,
-    "batch": 2,
-    "image_size": 32,
-    "n_critic": 2,
-    "g_conv_dim": 8,
-    "g_res_blocks": 1,
-    "att_res_blocks": 1,
-    "d_conv_dim": 8,
-    "d_repeat_num": 4,
-    "mapping_dim": 16,
-    "style_dim": 8,
-    "vgg_random": True,  # no VGG19 weights on test machines: the contextual loss runs on random features
-    "cx_layer": "relu3_2",
-    "device": "cpu",
-    "log_every": 1,
-    "sample_every": 4,
-    "ckpt_every": 4,
-    "sample_count": 2,
-    "decay_start": 4,
-}
 CLASSIFIER = ClassifierConfig(epochs=1)  # what `--classifier-epochs 1` asks for: the cache key matches
 
 
@@ -105,7 +85,10 @@ def runs(inception_weights: Path, snapshot: Path, cache_dir: Path) -> dict[str, 
     options = EvalOptions(device="cpu", batch=3, cache_dir=cache_dir, classifier=CLASSIFIER)
     result = {}
     for variant in ("stargan", "ours"):
-        run_dir = train(config_for_run(snapshot, variant=variant, **TINY_TRAINING), runs_root).run_dir
+        cfg = tiny_config(
+            snapshot.resolve(), variant=variant, log_every=1, sample_every=4, ckpt_every=4, decay_start=4
+        )
+        run_dir = train(cfg, runs_root).run_dir
         evaluate_run(run_dir, options=options)
         result[variant] = run_dir
     return result
