@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 import shutil
@@ -258,8 +259,6 @@ def newest_run(home: Path) -> Path:
 
 
 def first_test_image(home: Path) -> Path:
-    import json
-
     manifest = home / "snapshots" / "demo" / "manifest.jsonl"
     for line in manifest.read_text(encoding="utf-8").splitlines():
         item = json.loads(line)

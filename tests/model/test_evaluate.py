@@ -33,7 +33,7 @@ from animexpr.model.evaluate import (
     evaluate_run,
     median_ms_per_iteration,
 )
-from animexpr.model.inception import InceptionError, InceptionFeatures, resolve_inception
+from animexpr.model.inception import InceptionFeatures
 from animexpr.model.metrics import fid, kid
 from animexpr.model.train import train
 from animexpr.store import sha256_bytes
@@ -57,14 +57,6 @@ def _class_folders(root: Path) -> Path:
             image[(yy - 24) ** 2 + (xx - 24 + i) ** 2 < (8 + 3 * c) ** 2] = (60 * c, 200 - 40 * c, 90)
             Image.fromarray(image).save(root / label / f"{i:02d}.png")
     return root
-
-
-@pytest.fixture(scope="module")
-def inception_weights() -> Path:
-    try:
-        return resolve_inception(fetch=False)
-    except InceptionError as exc:
-        pytest.skip(f"Inception weights not found ({exc})")
 
 
 @pytest.fixture(scope="module")

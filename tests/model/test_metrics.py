@@ -298,14 +298,6 @@ def test_tf1_bilinear_resize_samples_input_pixel_j_times_in_over_out() -> None:
 
 
 @pytest.fixture(scope="module")
-def inception_weights() -> Path:
-    try:
-        return resolve_inception(fetch=False)
-    except InceptionError as exc:
-        pytest.skip(f"Inception weights not found ({exc})")
-
-
-@pytest.fixture(scope="module")
 def extractor(inception_weights: Path) -> InceptionFeatures:
     return InceptionFeatures(inception_weights, device="cpu", batch_size=4)
 
