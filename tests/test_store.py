@@ -10,7 +10,14 @@ from sqlalchemy import func, select
 
 from animexpr.db.models import Post, PostState
 from animexpr.db.session import session_scope
-from animexpr.store import FileStore, atomic_write_bytes, sha256_bytes
+from animexpr.store import (
+    CorruptFileError,
+    FileStore,
+    UnsafePathError,
+    atomic_write_bytes,
+    is_store_relpath,
+    sha256_bytes,
+)
 
 
 def _all_files(root: Path) -> list[Path]:
@@ -86,7 +93,80 @@ def test_stale_temporaries_are_removed(store: FileStore) -> None:
 
 
 def test_paths_outside_the_store_are_refused(store: FileStore) -> None:
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(UnsafePathError, match="not a path of the store"):
         store.abspath("../../etc/passwd")
-    with pytest.raises(ValueError, match="unknown store area"):
-        store.relpath_for("elsewhere", "ab", "png")
+    with pytest.raises(UnsafePathError, match="unknown store area"):
+        store.relpath_for("elsewhere", "ab" * 16, "png")
+
+
+MD5 = "0123456789abcdef" * 2
+SHA = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        "originals/./../animexpr.toml",
+        "originals/.././snapshots/s1/manifest.jsonl",
+        f"originals/01/{MD5}.toml",  # not an image extension
+        f"originals/ab/{MD5}.jpg",  # prefix is not the key's
+        f"originals/01/{MD5.upper()}.jpg",
+        f"originals/01/{MD5}.jpg/../../x",
+        f"crops/01/{MD5}.png",  # crops are keyed by sha256 only
+        f"snapshots/01/{SHA}.png",
+        f"/originals/01/{MD5}.jpg",
+        f"originals/01/{MD5}.jpg\n",
+        "animexpr.toml",
+        "",
+    ],
+)
+def test_only_the_shapes_the_store_generates_are_accepted(store: FileStore, relpath: str) -> None:
+    assert not is_store_relpath(relpath)
+    with pytest.raises(UnsafePathError):
+        store.abspath(relpath)
+
+
+@pytest.mark.parametrize(
+    ("area", "key", "ext"),
+    [
+        ("originals", "./../animexpr", "toml"),
+        ("originals", "./../snapshots/s1/manifest", "jpg"),
+        ("originals", MD5, "toml"),
+        ("originals", MD5, "jp/g"),
+        ("originals", MD5[:31], "jpg"),
+        ("originals", MD5 + "0", "jpg"),
+        ("crops", MD5, "png"),
+        ("snapshots", SHA, "png"),
+    ],
+)
+def test_keys_and_extensions_of_other_shapes_are_refused(
+    store: FileStore, area: str, key: str, ext: str
+) -> None:
+    with pytest.raises(UnsafePathError):
+        store.relpath_for(area, key, ext)
+    if area == "originals":
+        with pytest.raises(UnsafePathError):
+            store.put_original(key, b"x", ext)
+    assert _all_files(store.home) == []
+
+
+def test_generated_shapes_round_trip(store: FileStore) -> None:
+    for stored in (
+        store.put_original(MD5, b"a", "JPG"),
+        store.put_bytes("originals", b"sample bytes", "webp"),  # a sample, stored under its sha256
+        store.put_bytes("crops", b"c", "png"),
+    ):
+        assert is_store_relpath(stored.relpath)
+        assert store.abspath(stored.relpath).is_file()
+
+
+def test_read_verified_names_a_changed_or_missing_file(store: FileStore) -> None:
+    stored = store.put_bytes("crops", b"pixels", "png")
+    assert store.read_verified(stored.relpath, stored.sha256) == b"pixels"
+    store.abspath(stored.relpath).write_bytes(b"pixelz")
+    with pytest.raises(CorruptFileError, match=stored.relpath) as caught:
+        store.read_verified(stored.relpath, stored.sha256)
+    assert caught.value.reason == "corrupt_file"
+    store.abspath(stored.relpath).unlink()
+    with pytest.raises(CorruptFileError, match="missing"):
+        store.read_verified(stored.relpath, stored.sha256)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 AREAS = ("originals", "crops", "augmented", "snapshots")
+FILE_AREAS = ("originals", "crops", "augmented")  # content-addressed; snapshots/ holds named folders
+# The only extensions a stored file may have: the still-image types a post may be harvested as, and the
+# PNGs the store writes itself.
+FILE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif")
+MD5_PATTERN = re.compile(r"[0-9a-f]{32}")
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+# The one shape of path the store generates: AREA/KEY[:2]/KEY.EXT, KEY an md5 (originals only) or a sha256.
+# Anything else handed to the store (a path from the database, a manifest or a server) is refused, so that no
+# stored string can make it read or write outside its place.
+_RELPATH_PATTERN = re.compile(
+    rf"(?P<area>{'|'.join(FILE_AREAS)})/(?P<prefix>[0-9a-f]{{2}})/"
+    rf"(?P<key>[0-9a-f]{{32}}|[0-9a-f]{{64}})\.(?P<ext>{'|'.join(FILE_EXTENSIONS)})"
+)
 TEMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
 _FSYNC_THREADS = 8  # fsync waits on the disk with the GIL released
@@ -87,11 +101,34 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+class UnsafePathError(ValueError):
+    """A path or key that is not of the shape the store generates itself."""
+
+
 def _normalise_ext(ext: str) -> str:
-    ext = ext.lower().lstrip(".")
-    if not ext.isalnum():
-        raise ValueError(f"bad file extension {ext!r}")
-    return ext
+    normalised = ext.lower().lstrip(".")
+    if normalised not in FILE_EXTENSIONS:
+        raise UnsafePathError(f"file extension {ext!r} is not one of {', '.join(FILE_EXTENSIONS)}")
+    return normalised
+
+
+def is_store_relpath(relpath: str) -> bool:
+    """True when `relpath` has exactly the shape `FileStore.relpath_for` makes."""
+    match = _RELPATH_PATTERN.fullmatch(relpath)
+    if match is None or not match["key"].startswith(match["prefix"]):
+        return False
+    return match["area"] == "originals" or len(match["key"]) == 64
+
+
+class CorruptFileError(Exception):
+    """A stored file is missing or no longer has its recorded hash; stages record it as `corrupt_file`."""
+
+    reason = "corrupt_file"
+
+    def __init__(self, relpath: str, problem: str) -> None:
+        super().__init__(f"{relpath}: {problem}")
+        self.relpath = relpath
+        self.problem = problem
 
 
 class FileStore:
@@ -108,15 +145,18 @@ class FileStore:
             (self.home / area).mkdir(parents=True, exist_ok=True)
 
     def relpath_for(self, area: str, key: str, ext: str) -> str:
-        if area not in AREAS:
-            raise ValueError(f"unknown store area {area!r}")
+        if area not in FILE_AREAS:
+            raise UnsafePathError(f"unknown store area {area!r}")
+        key_pattern = MD5_PATTERN if area == "originals" and len(key) == 32 else SHA256_PATTERN
+        if not key_pattern.fullmatch(key):
+            raise UnsafePathError(f"{key!r} is not a lowercase hex md5 or sha256")
         return f"{area}/{key[:2]}/{key}.{_normalise_ext(ext)}"
 
     def abspath(self, relpath: str) -> Path:
-        path = (self.home / relpath).resolve()
-        if not path.is_relative_to(self.home.resolve()):
-            raise ValueError(f"{relpath!r} points outside the store")
-        return path
+        """The file behind a store path; refuses any path the store would not have generated."""
+        if not is_store_relpath(relpath):
+            raise UnsafePathError(f"{relpath!r} is not a path of the store (AREA/ab/KEY.EXT)")
+        return self.home.resolve() / relpath
 
     def put_bytes(self, area: str, data: bytes, ext: str) -> StoredFile:
         """Store `data` under its sha256; storing the same bytes twice keeps one file."""
@@ -160,6 +200,20 @@ class FileStore:
     def put_original(self, md5: str, data: bytes, ext: str) -> StoredFile:
         """Store a Danbooru original under its post md5 (the caller has checked the md5)."""
         return self._put(self.relpath_for("originals", md5, ext), data, sha256_bytes(data))
+
+    def read_verified(self, relpath: str, sha256: str) -> bytes:
+        """The stored bytes, after checking them against the recorded sha256 (`CorruptFileError` if not)."""
+        path = self.abspath(relpath)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptFileError(relpath, "missing") from None
+        except IsADirectoryError:
+            raise CorruptFileError(relpath, "a directory, not a file") from None
+        if sha256_bytes(data) != sha256:
+            actual = sha256_bytes(data)
+            raise CorruptFileError(relpath, f"sha256 {actual[:12]}… differs from the recorded one")
+        return data
 
     def _put(self, relpath: str, data: bytes, digest: str) -> StoredFile:
         path = self.abspath(relpath)

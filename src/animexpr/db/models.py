@@ -10,7 +10,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints: Alembic's batch mode on SQLite cannot alter unnamed ones.
@@ -21,6 +32,13 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Danbooru post ids are accepted up to 64 bits (BIGINT on PostgreSQL; SQLite's INTEGER is 64-bit already and
+# stays the rowid alias). Our own row ids are INTEGER: a client's id beyond MAX_ROW_ID is no row of ours.
+PostId = BigInteger().with_variant(Integer(), "sqlite")
+MAX_POST_ID = 2**63 - 1
+MAX_ROW_ID = 2**31 - 1
 
 
 def utcnow() -> datetime:
@@ -50,7 +68,7 @@ class Post(Base):
 
     __tablename__ = "posts"
 
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)  # Danbooru's post id
+    id: Mapped[int] = mapped_column(PostId, primary_key=True, autoincrement=False)  # Danbooru's post id
     md5: Mapped[str | None] = mapped_column(String(32), index=True)
     file_ext: Mapped[str | None] = mapped_column(String(16))
     file_url: Mapped[str | None] = mapped_column(Text)
@@ -82,8 +100,8 @@ class CrawlCursor(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     query: Mapped[str] = mapped_column(String(512), unique=True)
     class_name: Mapped[str] = mapped_column(String(64))
-    oldest_id: Mapped[int | None]
-    newest_id: Mapped[int | None]
+    oldest_id: Mapped[int | None] = mapped_column(PostId)
+    newest_id: Mapped[int | None] = mapped_column(PostId)
     exhausted: Mapped[bool] = mapped_column(default=False)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -95,7 +113,7 @@ class CropAttempt(Base):
     __table_args__ = (UniqueConstraint("post_id", "settings_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), index=True)
+    post_id: Mapped[int] = mapped_column(PostId, ForeignKey("posts.id"), index=True)
     settings_key: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(32))  # cropped, or the reason nothing was cropped
     detail: Mapped[str | None] = mapped_column(Text)
@@ -123,7 +141,7 @@ class Crop(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), index=True)
+    post_id: Mapped[int] = mapped_column(PostId, ForeignKey("posts.id"), index=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     file_relpath: Mapped[str] = mapped_column(Text)
     size_px: Mapped[int]
@@ -237,8 +255,28 @@ class SnapshotItem(Base):
     snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id"))
     crop_id: Mapped[int] = mapped_column(ForeignKey("crops.id"), index=True)
     augmentation_id: Mapped[int | None] = mapped_column(ForeignKey("augmentations.id"))
-    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"))
+    post_id: Mapped[int] = mapped_column(PostId, ForeignKey("posts.id"))
     file_relpath: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     label: Mapped[str] = mapped_column(String(64))
     split: Mapped[str] = mapped_column(String(8))
+
+
+class Reviewer(Base):
+    """A reviewer with a token of their own (`review add-reviewer`); only the token's sha256 is kept."""
+
+    __tablename__ = "reviewers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoreIdentity(Base):
+    """The one store (home folder) this database belongs to, so that two homes never share one database."""
+
+    __tablename__ = "store_identity"
+
+    store_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    home: Mapped[str] = mapped_column(Text)  # where the store was when it was bound, for the error message
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
