@@ -20,10 +20,11 @@ from animexpr.config import Settings
 from animexpr.db.models import CrawlCursor, Post, PostState
 from animexpr.db.session import open_db, session_scope
 from animexpr.harvest.client import ClientPolicy, Credentials, DanbooruAuthError, DanbooruClient, HarvestError
-from animexpr.harvest.crawl import CrawlSummary, crawl, hold_home_lock
+from animexpr.harvest.crawl import CrawlSummary, crawl
 from animexpr.harvest.fakebooru import CorpusCounts, FakeDanbooru, FakePost, generated_png
 from animexpr.harvest.policy import HarvestOptions
 from animexpr.harvest.reasons import HarvestReason
+from animexpr.homelock import HomeBusyError, hold_home_lock
 from animexpr.store import TEMP_PREFIX, FileStore, sha256_file
 
 CLASSES = ("angry", "sad", "smile", "surprised")
@@ -377,7 +378,7 @@ def test_one_harvest_per_home(
     home: Path,
 ) -> None:
     booru = booru_factory(make_corpus(CorpusCounts(keep=1)))
-    with hold_home_lock(home), pytest.raises(HarvestError, match="another harvest"):
+    with hold_home_lock(home, "harvest"), pytest.raises(HomeBusyError, match="another harvest"):
         run_crawl(booru, per_class=1)
 
 

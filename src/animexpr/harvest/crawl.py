@@ -21,10 +21,9 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
@@ -52,10 +51,10 @@ from animexpr.harvest.policy import (
     url_ext,
 )
 from animexpr.harvest.reasons import HarvestReason
+from animexpr.homelock import hold_home_lock
 from animexpr.store import TEMP_PREFIX, FileStore, sha256_file
 
 log = logging.getLogger(__name__)
-LOCK_FILE_NAME = ".harvest.lock"
 
 
 @dataclass
@@ -170,7 +169,7 @@ class Crawler:
         started = time.monotonic()
         requests_before = self.client.api_requests
         summary = CrawlSummary(self.tallies)
-        with hold_home_lock(self.store.home):
+        with hold_home_lock(self.store.home, "harvest"):
             removed = remove_stale_originals_temporaries(self.store)
             if removed:
                 log.info("removed %d partial files left by an interrupted run", removed)
@@ -555,26 +554,6 @@ def post_values(post: dict[str, Any], plan: QueryPlan, verdict: Verdict, variant
         "reason": None if reason is None else reason.value,
         "detail": detail,
     }
-
-
-@contextlib.contextmanager
-def hold_home_lock(home: Path) -> Iterator[None]:
-    """One harvest per home at a time (the OS drops the lock when the process dies, even by kill -9)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / LOCK_FILE_NAME).open("a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HarvestError(f"another harvest is running on {home}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def remove_stale_originals_temporaries(store: FileStore) -> int:
