@@ -11,3 +11,7 @@ class ConfigError(AnimexprError):
 
 class SchemaError(AnimexprError):
     """The database schema cannot be used by this version of animexpr."""
+
+
+class DatabaseOpenError(AnimexprError):
+    """The database cannot be opened, is not a database, or belongs to another program or store."""

@@ -1,12 +1,14 @@
 """Engines, sessions and schema versions.
 
 Every command opens the database through `open_db`, which creates a new database, upgrades an older one
-(logging what it does) and refuses one written by a newer animexpr.
+(logging what it does) and refuses one written by a newer animexpr, a database of another program, and any
+database it cannot open, each with a one-line `DatabaseOpenError`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,11 +18,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from animexpr.errors import SchemaError
+from animexpr.errors import ConfigError, DatabaseOpenError, SchemaError
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -47,18 +50,57 @@ def known_revisions() -> set[str]:
 
 def make_engine(url: str) -> Engine:
     """An engine with the pragmas this project relies on (SQLite: foreign keys, WAL, busy timeout)."""
-    parsed = make_url(url)
+    parsed = _parse_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _prepare_sqlite_file(Path(parsed.database))
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True
-    engine = create_engine(url, **kwargs)
+    try:
+        engine = create_engine(url, **kwargs)
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+        raise ConfigError(
+            f"db: cannot use {safe_url(parsed)} ({_first_line(exc)}); "
+            "expected sqlite:///PATH or postgresql+psycopg://USER@HOST/NAME"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"db: {url!r} is not a database URL like sqlite:///PATH or postgresql://..."
+        ) from None
+
+
+def safe_url(url: URL | str) -> str:
+    """The URL for messages: never with its password."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    return parsed.render_as_string(hide_password=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Say in one line why a SQLite file cannot be there, before SQLite says it less clearly."""
+    if path.is_dir():
+        raise DatabaseOpenError(f"db: {path} is a folder, not a SQLite database file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseOpenError(f"db: cannot create the folder {path.parent} ({exc.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        # SQLite (in WAL mode) writes beside the database even to read it.
+        raise DatabaseOpenError(f"db: the folder {path.parent} is read-only; animexpr needs to write there")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -100,10 +142,31 @@ def ensure_schema(engine: Engine) -> None:
     upgrade_schema(engine)
 
 
+def refuse_foreign_database(engine: Engine) -> None:
+    """A database with tables but no animexpr schema belongs to another program: never fill it with ours."""
+    if current_revision(engine) is not None:
+        return
+    tables = sorted(inspect(engine).get_table_names())
+    if tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise DatabaseOpenError(
+            f"db: {safe_url(engine.url)} holds tables of another program ({shown}) and no animexpr schema; "
+            "point --db at an empty database or an animexpr one"
+        )
+
+
 def open_db(url: str) -> Engine:
-    """An engine on an up-to-date schema."""
+    """An engine on an up-to-date schema; `DatabaseOpenError` (one line) when it cannot be opened or used."""
     engine = make_engine(url)
-    ensure_schema(engine)
+    try:
+        refuse_foreign_database(engine)
+        ensure_schema(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise DatabaseOpenError(f"db: cannot open {safe_url(engine.url)}: {_first_line(exc)}") from None
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
