@@ -19,6 +19,7 @@ from animexpr.harvest.client import (
     DanbooruClient,
     DanbooruQueryError,
     DownloadError,
+    FileNotOnServer,
     FileTooLarge,
     HarvestError,
     RateLimiter,
@@ -274,6 +275,23 @@ def test_truncated_download_is_retried(
     assert len(booru.file_records()) == 2
 
 
+def test_pages_stop_at_a_page_without_a_usable_id(booru_factory: Callable[..., FakeDanbooru]) -> None:
+    good = [FakePost(id=50 + i, tags=("smile", "solo"), content=generated_png(50 + i)) for i in range(3)]
+    hostile = [
+        FakePost(
+            id=10 + i, tags=("smile", "solo"), content=generated_png(10 + i), json_overrides={"id": value}
+        )
+        for i, value in enumerate((1.5, True, "12", 2**64))
+    ]
+    booru = booru_factory(good + hostile)
+    with DanbooruClient(booru.url, ClientPolicy(rate=None)) as client:
+        pages = list(itertools.islice(client.pages_before("smile solo", None, limit=3), 5))
+        newer = list(itertools.islice(client.pages_after("smile solo", 0, limit=3), 5))
+    # No cursor can move past a page without one usable id: each walk ends there instead of asking forever.
+    assert [[post["id"] for post in page] for page in pages] == [[52, 51, 50], [2**64, "12", True]]
+    assert [[post["id"] for post in page] for page in newer] == [["12", True, 1.5]]
+
+
 def test_download_failures_are_bounded(
     booru_factory: Callable[..., FakeDanbooru], fast_policy: ClientPolicy
 ) -> None:
@@ -287,10 +305,10 @@ def test_download_failures_are_bounded(
             client.download(urls[fake[0].md5], 10_000_000)
         with pytest.raises(DownloadError, match="HTTP 503"):
             client.download(urls[fake[1].md5], 10_000_000)
-        with pytest.raises(DownloadError, match="HTTP 404"):
+        with pytest.raises(FileNotOnServer, match="HTTP 404"):
             client.download(booru.url + "/original/00/00/" + "0" * 32 + ".png", 10_000_000)
     tries = fast_policy.max_retries + 1
-    assert len(booru.file_records()) == 2 * tries + tries
+    assert len(booru.file_records()) == 2 * tries + 1  # a 404 is final at once
 
 
 def test_download_larger_than_the_limit_is_refused(

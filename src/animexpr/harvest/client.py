@@ -5,7 +5,8 @@ One `requests` session with a User-Agent naming animexpr and its version; API re
 limiter. 429: everything waits (Retry-After when given, else a growing pause) before the next request,
 because Danbooru lengthens the lockout of clients that keep sending while limited. 5xx and broken connections:
 bounded retries with exponential backoff and jitter. 401/403/410/422 and other refusals: a `HarvestError`
-whose message says what Danbooru said and what to do.
+whose message says what Danbooru said and what to do. A file download answered with a 4xx (other than 408,
+425 and 429) or aimed at an unusable URL fails at once: asking again would get the same answer.
 
 Credentials go out as HTTP Basic auth on API requests only (never in URLs, so no log line can show them, and
 never to the file host); `Credentials` hides both values from `repr`.
@@ -27,6 +28,7 @@ from requests.adapters import HTTPAdapter
 
 from animexpr import __version__
 from animexpr.errors import AnimexprError
+from animexpr.harvest.policy import usable_ids, usable_post_id
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,25 @@ class DownloadError(Exception):
 
 class FileTooLarge(DownloadError):
     """The body grew past the size limit while downloading."""
+
+
+class DownloadRefused(DownloadError):
+    """A final answer for a file (a 4xx, an unusable URL, a redirect loop): it is not asked for again."""
+
+
+class FileNotOnServer(DownloadRefused):
+    """404 or 410: the file host does not have the file."""
+
+
+# 4xx answers to a file request that may change when asked again: a timeout, and "too early" (TLS replays).
+# 429 is handled by pacing in `_send`. Every other 4xx is final.
+_RETRYABLE_FILE_STATUSES = frozenset({408, 425})
+_GONE_STATUSES = frozenset({404, 410})
+_UNUSABLE_URL = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+)
 
 
 class Stopped(Exception):
@@ -260,7 +281,9 @@ class DanbooruClient:
             count = body["counts"]["posts"]
         except (KeyError, TypeError):
             return None
-        return int(count) if isinstance(count, int) else None
+        if type(count) is not int or count < 0:  # bool is an int too; a hostile count is no count
+            return None
+        return count
 
     def pages_before(
         self, tags: str, before_id: int | None, limit: int = MAX_PER_PAGE
@@ -268,24 +291,33 @@ class DanbooruClient:
         """Pages of posts older than `before_id` (all posts when None), newest first, until an empty page.
 
         Walks with the `b<id>` cursor: numbered pages stop at page 1000 (410). Stops on an empty page, not on
-        a short one, because Danbooru-family APIs sometimes return short pages mid-way.
+        a short one, because Danbooru-family APIs sometimes return short pages mid-way, and on a page without
+        one usable id (no cursor can move past it).
         """
         while True:
             page = self.posts_page(tags, f"b{before_id}" if before_id is not None else None, limit)
             if not page:
                 return
             yield page
-            before_id = min(post["id"] for post in page)
+            ids = usable_ids(page)
+            if not ids:
+                return
+            before_id = min(ids)
 
     def pages_after(self, tags: str, after_id: int, limit: int = MAX_PER_PAGE) -> Iterator[list[dict]]:
-        """Pages of posts newer than `after_id`, each sorted oldest first, until an empty page (`a<id>`)."""
+        """Pages of posts newer than `after_id`, each sorted oldest first, until an empty page (`a<id>`).
+
+        Posts without a usable id come first in their page and never move the cursor.
+        """
         while True:
             page = self.posts_page(tags, f"a{after_id}", limit)
             if not page:
                 return
-            page = sorted(page, key=lambda post: post["id"])
-            yield page
-            after_id = page[-1]["id"]
+            yield sorted(page, key=lambda post: usable_post_id(post) or 0)
+            ids = usable_ids(page)
+            if not ids:
+                return
+            after_id = max(ids)
 
     def get_json(self, path: str, params: dict[str, Any]) -> Any:
         url = self.api_url + path
@@ -365,12 +397,15 @@ class DanbooruClient:
     # files ---------------------------------------------------------------------------------
 
     def download(self, url: str, max_bytes: int, stop: threading.Event | None = None) -> bytes:
-        """The whole body of `url`, or DownloadError after the retries (truncated bodies are retried too)."""
+        """The whole body of `url`, or DownloadError after the retries (truncated bodies are retried too).
+
+        FileTooLarge and DownloadRefused (FileNotOnServer for 404/410) come at the first such answer.
+        """
         failures = 0
         while True:
             try:
                 return self._download_once(url, max_bytes, stop)
-            except FileTooLarge:
+            except (FileTooLarge, DownloadRefused):
                 raise
             except DownloadError as exc:
                 failures += 1
@@ -388,9 +423,12 @@ class DanbooruClient:
             raise DownloadError(exc.problem) from None
         except HarvestError as exc:  # 429 without end
             raise DownloadError(str(exc)) from None
+        except _UNUSABLE_URL as exc:
+            raise DownloadRefused(f"unusable URL ({type(exc).__name__})") from None
+        except requests.TooManyRedirects:
+            raise DownloadRefused("too many redirects") from None
         with response:
-            if response.status_code != 200:
-                raise DownloadError(f"HTTP {response.status_code}")
+            _raise_for_file_status(response.status_code)
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 raise FileTooLarge(f"{int(declared)} bytes > limit {max_bytes}")
@@ -413,6 +451,17 @@ class DanbooruClient:
             if declared is not None and declared.isdigit() and len(body) != int(declared):
                 raise DownloadError(f"truncated body: {len(body)} of {declared} bytes")
         return bytes(body)
+
+
+def _raise_for_file_status(status: int) -> None:
+    """Nothing for 200; FileNotOnServer, DownloadRefused (final) or DownloadError (retried) otherwise."""
+    if status == 200:
+        return
+    if status in _GONE_STATUSES:
+        raise FileNotOnServer(f"HTTP {status}: the file is not on the server")
+    if 400 <= status < 500 and status not in _RETRYABLE_FILE_STATUSES:
+        raise DownloadRefused(f"HTTP {status} (final, not retried)")
+    raise DownloadError(f"HTTP {status}")
 
 
 def _file_name(url: str) -> str:

@@ -5,8 +5,15 @@ Order of writes, so that a crash or `kill -9` at any moment leaves a consistent 
    cursor are committed in one transaction.
 2. A download thread fetches a `found` post's file, checks its md5, stores it atomically
    (`FileStore.put_original`) and only then marks the post `downloaded` with the file's path and sha256.
-A post left `found` by an interrupted run is downloaded first by the next run; a file already complete on disk
-for such a post is taken without downloading it again.
+   A sample (`--variant sample`) has no md5 to check: it is stored under the sha256 of its bytes
+   (`FileStore.put_bytes`), and its post's detail says it is a sample.
+A post left `found` by an interrupted run is downloaded first by the next run; an original already complete on
+disk for such a post is taken without downloading it again (a sample is fetched again: its name is only known
+from its bytes, and storing the same bytes twice keeps one file).
+
+Every post is checked (`policy.usable_post_id`, `policy.metadata_problem`) before any of its fields is used;
+the store's own refusal of a path not of its shape (`UnsafePathError`) is a second wall, recorded as
+`bad_metadata` if it ever fires.
 
 `HarvestOptions.per_class` is a target for the store, not for one run: a rerun with the same target only
 finishes what is missing. Raising it continues the walk where the cursor stopped, after first picking up posts
@@ -35,12 +42,14 @@ from animexpr.db.session import session_scope
 from animexpr.harvest.client import (
     DanbooruClient,
     DownloadError,
+    FileNotOnServer,
     FileTooLarge,
     HarvestError,
     RetriesExhausted,
     Stopped,
 )
 from animexpr.harvest.policy import (
+    RATINGS,
     HarvestOptions,
     QueryPlan,
     Variant,
@@ -49,10 +58,11 @@ from animexpr.harvest.policy import (
     choose_file,
     judge_post,
     url_ext,
+    usable_post_id,
 )
 from animexpr.harvest.reasons import HarvestReason
 from animexpr.homelock import hold_home_lock
-from animexpr.store import TEMP_PREFIX, FileStore, sha256_file
+from animexpr.store import TEMP_PREFIX, FileStore, StoredFile, UnsafePathError, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +291,43 @@ class Crawler:
         if not page:
             self._finish_phase(walk)
             return
-        ordered = sorted(page, key=lambda post: post["id"], reverse=walk.phase == "before")
+        posts = [(post_id, post) for post in page if (post_id := usable_post_id(post)) is not None]
+        self._count_unusable_ids(walk, len(page) - len(posts))
+        if not posts:
+            self._stop_walk_at_unusable_page(walk)
+            return
+        ordered = sorted(posts, key=lambda pair: pair[0], reverse=walk.phase == "before")
         jobs = self._record_page(walk, ordered)
         for job in jobs:
             self._submit(executor, job)
+
+    def _count_unusable_ids(self, walk: QueryWalk, count: int) -> None:
+        """Posts without a usable id cannot be recorded (no row, no cursor): counted and logged only."""
+        if count <= 0:
+            return
+        log.warning(
+            "%s: %d posts on this page have no usable id (an integer from 1 to 2**63-1); skipped as %s",
+            walk.plan.text,
+            count,
+            HarvestReason.BAD_METADATA,
+        )
+        tally = self.tallies[walk.plan.class_name]
+        with self._lock:
+            tally.skipped += count
+            tally.reasons[HarvestReason.BAD_METADATA] += count
+        self._report(tally)
+
+    def _stop_walk_at_unusable_page(self, walk: QueryWalk) -> None:
+        """No id on the page can move the cursor, so asking again would bring the same page forever.
+
+        The walk ends for this run as at an empty page, but the cursor is not marked exhausted: a later run
+        asks again, in case the server has mended its answers.
+        """
+        log.warning("%s: a page without one usable post id; this query stops here for now", walk.plan.text)
+        if walk.phase == "after":
+            walk.phase = "before"
+        else:
+            walk.exhausted = True
 
     def _finish_phase(self, walk: QueryWalk) -> None:
         if walk.phase == "after":
@@ -297,7 +340,7 @@ class Crawler:
             )
         log.info("%s: no more posts", walk.plan.text)
 
-    def _record_page(self, walk: QueryWalk, posts: list[dict[str, Any]]) -> list[DownloadJob]:
+    def _record_page(self, walk: QueryWalk, posts: list[tuple[int, dict[str, Any]]]) -> list[DownloadJob]:
         """Record the page's new posts up to the class quota and move the cursor past them, atomically."""
         for attempt in range(3):
             try:
@@ -308,23 +351,24 @@ class Crawler:
                     raise
         raise AssertionError("unreachable")
 
-    def _record_page_once(self, walk: QueryWalk, posts: list[dict[str, Any]]) -> list[DownloadJob]:
+    def _record_page_once(
+        self, walk: QueryWalk, posts: list[tuple[int, dict[str, Any]]]
+    ) -> list[DownloadJob]:
         tally = self.tallies[walk.plan.class_name]
         need = self._need(tally.name)
-        ids = [int(post["id"]) for post in posts]
+        ids = [post_id for post_id, _ in posts]
         jobs: list[DownloadJob] = []
         outcomes: Counter[str] = Counter()
         processed: list[int] = []
         new_rows: list[dict[str, Any]] = []
         with session_scope(self.engine) as session:
             known = set(session.scalars(select(Post.id).where(Post.id.in_(ids))))
-            for post in posts:
-                post_id = int(post["id"])
+            for post_id, post in posts:
                 if post_id not in known:
                     verdict = judge_post(post, walk.plan, self.all_classes, self.options)
                     if verdict.keep and len(jobs) >= need:
                         break  # quota reached: the cursor stops before this post
-                    values = post_values(post, walk.plan, verdict, self.options.variant)
+                    values = post_values(post_id, post, walk.plan, verdict, self.options.variant)
                     new_rows.append(values)
                     known.add(post_id)
                     job = job_for(Post(**values)) if verdict.keep else None
@@ -434,6 +478,15 @@ class Crawler:
 
     def _fetch_and_store(self, job: DownloadJob) -> Verdict | None:
         """None when the file is stored and the post marked downloaded, else the recorded refusal."""
+        try:
+            return self._fetch_and_store_checked(job)
+        except UnsafePathError as exc:
+            # The metadata checks let no such post through; a row written by an older version might.
+            return self._mark_refused(
+                job, Verdict(HarvestReason.BAD_METADATA, f"refused by the store: {exc}")
+            )
+
+    def _fetch_and_store_checked(self, job: DownloadJob) -> Verdict | None:
         existing = self._complete_file_on_disk(job)
         if existing is not None:
             self._mark_downloaded(job, existing)
@@ -442,6 +495,8 @@ class Crawler:
             data = self.client.download(job.url, self.options.max_file_bytes, self.stop)
         except FileTooLarge as exc:
             return self._mark_refused(job, Verdict(HarvestReason.TOO_LARGE, exc.detail))
+        except FileNotOnServer as exc:
+            return self._mark_refused(job, Verdict(HarvestReason.NOT_FOUND, exc.detail))
         except DownloadError as exc:
             return self._mark_refused(job, Verdict(HarvestReason.DOWNLOAD_FAILED, exc.detail))
         if job.check_md5:
@@ -449,17 +504,26 @@ class Crawler:
             if actual != job.md5:
                 detail = f"md5 of the {len(data)} bytes is {actual}"
                 return self._mark_refused(job, Verdict(HarvestReason.MD5_MISMATCH, detail))
+        stored = self._store_file(job, data)
+        self._mark_downloaded(job, (stored.relpath, stored.sha256))
+        return None
+
+    def _store_file(self, job: DownloadJob, data: bytes) -> StoredFile:
+        """An original under its (checked) md5; a sample, whose md5 nobody knows, under its sha256."""
         try:
-            stored = self.store.put_original(job.md5, data, job.ext)
+            if job.check_md5:
+                return self.store.put_original(job.md5, data, job.ext)
+            return self.store.put_bytes("originals", data, job.ext)
         except OSError as exc:  # disk full, permissions: no use going on
             raise HarvestError(
                 f"cannot write into {self.store.home / 'originals'}: {exc.strerror or exc}"
             ) from exc
-        self._mark_downloaded(job, (stored.relpath, stored.sha256))
-        return None
 
     def _complete_file_on_disk(self, job: DownloadJob) -> tuple[str, str] | None:
-        """A file stored by a run that died before its database write; trusted only if its md5 is right."""
+        """An original stored by a run that died before its database write; trusted only if its md5 is right.
+
+        A sample's file name is the sha256 of bytes not yet seen, so it is always fetched again.
+        """
         if not job.check_md5:
             return None
         relpath = self.store.relpath_for("originals", job.md5, job.ext)
@@ -525,35 +589,52 @@ def job_for(row: Post) -> DownloadJob | None:
     return DownloadJob(row.id, row.class_name, row.md5, row.file_url, (ext or "jpg").lower(), not is_sample)
 
 
-def post_values(post: dict[str, Any], plan: QueryPlan, verdict: Verdict, variant: Variant) -> dict[str, Any]:
+# Post.file_size, width, height and score are INTEGER columns: 32 bits on PostgreSQL.
+_INT_COLUMN_MIN, _INT_COLUMN_MAX = -(2**31), 2**31 - 1
+
+
+def post_values(
+    post_id: int, post: dict[str, Any], plan: QueryPlan, verdict: Verdict, variant: Variant
+) -> dict[str, Any]:
     """The Post columns for a post as first seen: `found` when kept, else skipped with its reason.
 
-    `file_url` is the file to fetch: the original, or the sample with `--variant sample`.
+    `post_id` is the post's checked id (`usable_post_id`). `file_url` is the file to fetch: the original, or
+    the sample with `--variant sample`. A post with bad metadata keeps none of its file fields; numbers and a
+    rating that do not fit their column are dropped (they only inform).
     """
     reason = verdict.reason
-    file_url, file_ext, detail = post.get("file_url"), post.get("file_ext"), verdict.detail
-    if reason is None:
+    md5, file_url, file_ext = post.get("md5"), post.get("file_url"), post.get("file_ext")
+    detail = verdict.detail
+    if reason is HarvestReason.BAD_METADATA:
+        md5 = file_url = file_ext = None
+    elif reason is None:
         choice = choose_file(post, variant)
         file_url, file_ext = choice.url, choice.ext
         if not choice.check_md5:
             detail = SAMPLE_MARK
     return {
-        "id": int(post["id"]),
-        "md5": post.get("md5"),
-        "file_ext": file_ext,
+        "id": post_id,
+        "md5": md5,
+        "file_ext": file_ext.lower() if isinstance(file_ext, str) else None,
         "file_url": file_url,
-        "file_size": post.get("file_size"),
-        "width": post.get("image_width"),
-        "height": post.get("image_height"),
+        "file_size": _int_column(post.get("file_size"), minimum=0),
+        "width": _int_column(post.get("image_width"), minimum=0),
+        "height": _int_column(post.get("image_height"), minimum=0),
         "tags": str(post.get("tag_string") or ""),
-        "rating": post.get("rating"),
-        "score": post.get("score"),
+        "rating": post.get("rating") if post.get("rating") in RATINGS else None,
+        "score": _int_column(post.get("score"), minimum=_INT_COLUMN_MIN),
         "class_name": plan.class_name,
         "query": plan.text,
         "state": (PostState.FOUND if reason is None else reason.state).value,
         "reason": None if reason is None else reason.value,
         "detail": detail,
     }
+
+
+def _int_column(value: object, minimum: int) -> int | None:
+    if type(value) is not int or not minimum <= value <= _INT_COLUMN_MAX:
+        return None
+    return value
 
 
 def remove_stale_originals_temporaries(store: FileStore) -> int:

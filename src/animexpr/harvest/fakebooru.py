@@ -9,8 +9,13 @@ under `/original/`, `/sample/` and `/preview/`. Error bodies are Danbooru's `{"s
 
 Faults for tests: latency, slow (trickled) file bodies, a queue of statuses for the next API requests, a
 server-side token bucket answering 429 (with Danbooru's growing penalty while limited), and per-file faults
-(5xx, truncated body, wrong bytes, dropped connection). Every request is logged with its arrival time
+(5xx, 404, truncated body, wrong bytes, dropped connection). Every request is logged with its arrival time
 (`time.monotonic`, comparable across processes on one machine), so tests can measure a client's pace.
+
+Hostile posts, for the tests of what a client must never trust: `FakePost.json_overrides` replaces fields of
+the post's JSON (an md5 shaped like a path, an extension `../x`, an id of 2**64 or "12"), and
+`FakePost.sample_ext` gives it a sample URL ending in any extension (`.toml`), served like a real sample. The
+server still pages and serves files by the post's real id and md5.
 
 Images: real anime faces from `$ANIMEXPR_ASSETS/faces/<character>/` when that folder is given (one
 character per class), generated PNGs otherwise. A post's md5 is the md5 of the bytes served for it.
@@ -86,6 +91,8 @@ class FakePost:
     declared_size: int | None = None  # pretend the file is this big in the JSON
     kind: str = "keep"
     class_tag: str | None = None
+    sample_ext: str | None = None  # the sample URL ends in this extension, even for a small image
+    json_overrides: dict[str, Any] = field(default_factory=dict)  # fields of the JSON replaced as given
     md5: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -545,13 +552,21 @@ def danbooru_post_json(post: FakePost, base_url: str) -> dict[str, Any]:
         "tag_string_artist": " ".join(artist),
         "tag_string_meta": " ".join(meta),
         "file_url": file_url,
-        "large_file_url": prefix % "sample" + f"sample-{md5}.jpg" if post.has_large else file_url,
+        "large_file_url": _sample_url(post, prefix, file_url),
         "preview_file_url": prefix % "preview" + f"{md5}.jpg",
     }
     if post.is_banned:
         for key in ("md5", "file_url", "large_file_url", "preview_file_url"):
             del body[key]
+    body.update(post.json_overrides)
     return body
+
+
+def _sample_url(post: FakePost, prefix: str, file_url: str) -> str:
+    """The sample's URL for large images (or when the post names a sample extension); else the original's."""
+    if post.has_large or post.sample_ext is not None:
+        return prefix % "sample" + f"sample-{post.md5}.{post.sample_ext or 'jpg'}"
+    return file_url
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -740,6 +755,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_fault(self, record: RequestRecord, status: int) -> None:
         if status == 500:
             error, message = "ActiveRecord::QueryCanceled", "The database timed out running your query."
+        elif status == 404:
+            error, message = "ActiveRecord::RecordNotFound", "That record was not found."
         else:
             error, message = "ServiceUnavailable", f"fault injected: HTTP {status}"
         if status == 429:

@@ -3,18 +3,31 @@
 Anonymous and basic Danbooru accounts may search for two real tags; the queries spend them on the class tag
 and `solo`, and put the rating into a free metatag. Everything else (excluded tags, other classes' tags, file
 type and size) is decided here, locally, so that each refusal is recorded with its reason.
+
+The post JSON comes from a server we do not control, and some of its fields become file names and database
+values. They are checked here, before anything else reads them (`usable_post_id`, `metadata_problem`):
+- `id`: an int (not a bool, float or string) from 1 to MAX_POST_ID; otherwise the post cannot be recorded.
+- `md5`: absent, null or "" (a banned post: `no_file_url`), else exactly 32 lowercase hex digits.
+- `file_ext`: a type name of 1 to 10 letters or digits, required when the post has a file. A well-formed type
+  we do not decode (mp4, zip, swf, toml) stays `unsupported_type`; anything else (`../x`, "", 7) is bad.
+- `file_url`, and with `--variant sample` a `large_file_url` other than the original: http(s) URLs; the
+  sample URL's extension must be one of SUPPORTED_FILE_TYPES, since it becomes the stored file's extension.
+A post failing any of these is skipped as `bad_metadata` and none of its file fields is stored.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from animexpr.config import ClassSpec
+from animexpr.db.models import MAX_POST_ID
 from animexpr.errors import ConfigError
 from animexpr.harvest.reasons import HarvestReason
+from animexpr.store import FILE_EXTENSIONS, MD5_PATTERN
 
 # Faces in these are rarely usable for an expression dataset: no colour, panels, several views of one person.
 DEFAULT_EXCLUDED_TAGS = (
@@ -28,8 +41,12 @@ DEFAULT_EXCLUDED_TAGS = (
     "spot_color",
     "multiple_views",
 )
-# Still images the cropper can decode; gif is left out because most are animated.
-SUPPORTED_FILE_TYPES = frozenset({"jpg", "jpeg", "png", "webp"})
+# Still images the cropper can decode, all of them extensions the store accepts; gif is left out because most
+# are animated.
+SUPPORTED_FILE_TYPES = frozenset(FILE_EXTENSIONS) - {"gif"}
+# What a file type looks like in Danbooru's JSON (jpg, png, mp4, zip, swf, ...), known to us or not.
+_FILE_TYPE_PATTERN = re.compile(r"[a-z0-9]{1,10}")
+_SHOWN_CHARS = 40  # of a bad value, in a recorded detail
 RATINGS = ("g", "s", "q", "e")
 SOLO_TAG = "solo"
 
@@ -107,10 +124,81 @@ def matching_classes(tags: frozenset[str], classes: Iterable[ClassSpec]) -> list
     return [spec.name for spec in classes if tags.intersection(spec.tags)]
 
 
+def usable_post_id(post: object) -> int | None:
+    """The post's id when it can key a row: an int from 1 to MAX_POST_ID (bool, float, str are not ids)."""
+    if not isinstance(post, Mapping):
+        return None
+    value = post.get("id")
+    if type(value) is not int or not 1 <= value <= MAX_POST_ID:
+        return None
+    return value
+
+
+def usable_ids(page: Iterable[object]) -> list[int]:
+    return [post_id for post in page if (post_id := usable_post_id(post)) is not None]
+
+
+def metadata_problem(post: Mapping[str, Any], variant: Variant) -> str | None:
+    """What makes a field that would reach a path or a column unusable (see the module docstring), or None."""
+    md5, file_url, file_ext = post.get("md5"), post.get("file_url"), post.get("file_ext")
+    if _given(md5) and not (isinstance(md5, str) and MD5_PATTERN.fullmatch(md5)):
+        return f"md5 {_shown(md5)} is not 32 lowercase hex digits"
+    if _given(file_url) and not is_http_url(file_url):
+        return f"file_url {_shown(file_url)} is not an http(s) URL"
+    has_file = _given(md5) and _given(file_url)
+    if (has_file or file_ext is not None) and not is_file_type(file_ext):
+        return f"file_ext {_shown(file_ext)} is not a file type"
+    if variant == "sample" and has_file:
+        return _sample_url_problem(post)
+    return None
+
+
+def _sample_url_problem(post: Mapping[str, Any]) -> str | None:
+    sample_url = post.get("large_file_url")
+    if not _given(sample_url) or sample_url == post.get("file_url"):
+        return None  # the original itself is fetched
+    if not is_http_url(sample_url):
+        return f"large_file_url {_shown(sample_url)} is not an http(s) URL"
+    ext = url_ext(str(sample_url)).lower()
+    if ext not in SUPPORTED_FILE_TYPES:
+        allowed = ", ".join(sorted(SUPPORTED_FILE_TYPES))
+        return f"the sample URL's extension {_shown(ext)} is not one of {allowed}"
+    return None
+
+
+def _given(value: object) -> bool:
+    return value is not None and value != ""
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
+
+
+def is_file_type(value: object) -> bool:
+    return isinstance(value, str) and _FILE_TYPE_PATTERN.fullmatch(value.lower()) is not None
+
+
+def is_http_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a malformed IPv6 host, for one
+        return False
+
+
 def judge_post(
     post: Mapping[str, Any], plan: QueryPlan, classes: Iterable[ClassSpec], options: HarvestOptions
 ) -> Verdict:
-    """Decide whether to download `post`, found by `plan`; `classes` are all configured classes."""
+    """Decide whether to download `post`, found by `plan`; `classes` are all configured classes.
+
+    The post's id must be usable (`usable_post_id`); every other field is checked here.
+    """
+    problem = metadata_problem(post, options.variant)
+    if problem is not None:
+        return Verdict(HarvestReason.BAD_METADATA, problem)
     if post.get("is_deleted"):
         return Verdict(HarvestReason.DELETED)
     if not post.get("file_url") or not post.get("md5"):
