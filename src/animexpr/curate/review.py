@@ -14,12 +14,15 @@ cannot lease one crop to two reviewers.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import logging
+import math
 import re
+import secrets
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,7 +49,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
 from animexpr.db.locking import lock_for_write
-from animexpr.db.models import Crop, CropState, Post, ReviewEvent, ReviewLease, utcnow
+from animexpr.db.models import MAX_ROW_ID, Crop, CropState, Post, Reviewer, ReviewEvent, ReviewLease, utcnow
 from animexpr.errors import AnimexprError
 from animexpr.store import atomic_write_bytes
 
@@ -63,9 +66,22 @@ PACE_MIN_DECISIONS = 3
 PACE_BATCH_ITEM_SECONDS = 5.0
 BULK_ACCEPT_REVIEWER = "bulk-accept"
 CSV_IMPORT_REVIEWER = "csv-import"
+# The names the command line records its own decisions under: the page and `add-reviewer` cannot take them.
+RESERVED_REVIEWERS = frozenset({BULK_ACCEPT_REVIEWER, CSV_IMPORT_REVIEWER})
+# A whole import is one batch named after the file's content, so a resumed import stays one batch.
+IMPORT_BATCH_PREFIX = "import-"
+IMPORT_COLUMNS = ("crop_id", "sha256", "state", "decision", "label")
+MAX_IMPORT_BYTES = 256 * 1024 * 1024
 _CHUNK = 500
 _REVIEWER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,63}$")
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+# Strict ASCII numbers: int() and float() also take "1_0", Arabic-Indic digits and the like.
+_ROW_ID_PATTERN = re.compile(r"[0-9]{1,10}", re.ASCII)
+_INTEGER_PATTERN = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
+_DECIMAL_PATTERN = re.compile(
+    r"[+-]?([0-9]{1,40}(\.[0-9]{0,40})?|\.[0-9]{1,40})([eE][+-]?[0-9]{1,4})?", re.ASCII
+)
+_INT64 = range(-(2**63), 2**63)
 _Number = TypeVar("_Number", int, float)
 EXPORT_COLUMNS = (
     "crop_id",
@@ -92,6 +108,10 @@ class CropNotFound(ReviewError):
 
 class LeaseConflict(ReviewError):
     """The crop is on another reviewer's screen (their lease has not expired)."""
+
+
+class ReservedReviewer(ReviewError):
+    """A name the command line records its own decisions under, asked for by the page or `add-reviewer`."""
 
 
 class Decision(StrEnum):
@@ -123,10 +143,42 @@ STATE_FILTERS = {
 def check_reviewer(name: str) -> str:
     if not _REVIEWER_PATTERN.match(name):
         raise ReviewError(
-            f"reviewer name {name!r}: use 1-64 letters, digits and _ . @ : + - "
+            f"reviewer name {shown(name)}: use 1-64 letters, digits and _ . @ : + - "
             "(starting with a letter or digit)"
         )
     return name
+
+
+def check_page_reviewer(name: str) -> str:
+    """A name a person may review under: a valid name that is not one of the command line's own."""
+    check_reviewer(name)
+    if name in RESERVED_REVIEWERS:
+        raise ReservedReviewer(
+            f"reviewer name {name!r} is kept for the command line's own decisions; pick another name"
+        )
+    return name
+
+
+def shown(value: Any, width: int = 40) -> str:
+    """A value for an error message: its repr, cut short (a client may send megabytes)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for repr()
+        text = "a number too long to show"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def parse_row_id(text: str) -> int | None:
+    """One of our row ids from text (a URL path, a CSV field): ASCII digits up to MAX_ROW_ID, else None."""
+    if not _ROW_ID_PATTERN.fullmatch(text):
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ROW_ID else None
+
+
+def is_row_id(value: Any) -> bool:
+    """True for a JSON value that can be one of our row ids (a whole number from 1 to MAX_ROW_ID)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ROW_ID
 
 
 @dataclass(frozen=True)
@@ -172,8 +224,10 @@ class QueueFilter:
         return conditions
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], class_names: Sequence[str]) -> QueueFilter:
+    def from_mapping(cls, data: Any, class_names: Sequence[str]) -> QueueFilter:
         """A filter from JSON or form values (strings allowed for numbers); unknown keys are an error."""
+        if not isinstance(data, Mapping):
+            raise ReviewError("filter: expected an object of filter names and values")
         known = {
             "label",
             "state",
@@ -187,12 +241,12 @@ class QueueFilter:
         unknown = sorted(set(data) - known - {"reviewer"})
         if unknown:
             raise ReviewError(
-                f"unknown filter {unknown[0]!r}; known: {', '.join(sorted([*known, 'reviewer']))}"
+                f"unknown filter {shown(unknown[0])}; known: {', '.join(sorted([*known, 'reviewer']))}"
             )
         labels = _labels(data.get("label"), class_names)
         state = str(data.get("state") or "pending")
         if state not in STATE_FILTERS:
-            raise ReviewError(f"state {state!r}: use one of {', '.join(STATE_FILTERS)}")
+            raise ReviewError(f"state {shown(state)}: use one of {', '.join(STATE_FILTERS)}")
         reviewer = _text_or_none(data.get("reviewer"))
         return cls(
             labels=labels,
@@ -218,7 +272,7 @@ def _labels(value: Any, class_names: Sequence[str]) -> tuple[str, ...]:
 
 def check_label(label: Any, class_names: Sequence[str]) -> str:
     if label not in class_names:
-        raise ReviewError(f"unknown class {label!r}; classes: {', '.join(class_names)}")
+        raise ReviewError(f"unknown class {shown(label)}; classes: {', '.join(class_names)}")
     return str(label)
 
 
@@ -228,14 +282,35 @@ def _text_or_none(value: Any) -> str | None:
 
 
 def _number_or_none(value: Any, kind: type[_Number], name: str) -> _Number | None:
+    """A finite number from JSON or text (ASCII digits only), within 64 bits for whole numbers."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, bool):
-        raise ReviewError(f"{name}: expected a number, got {value!r}")
+    number = _strict_number(value.strip() if isinstance(value, str) else value, kind)
+    if number is None:
+        expected = "a whole number" if kind is int else "a number"
+        raise ReviewError(f"{name}: expected {expected} within 64 bits, got {shown(value)}")
+    return number
+
+
+def _strict_number(value: Any, kind: type[_Number]) -> _Number | None:
+    if isinstance(value, str):
+        pattern = _INTEGER_PATTERN if kind is int else _DECIMAL_PATTERN
+        if not pattern.fullmatch(value):
+            return None
+        value = int(value) if kind is int else float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                return None
+            value = int(value)
+        return cast(_Number, value) if value in _INT64 else None
     try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ReviewError(f"{name}: expected a number, got {value!r}") from None
+        number = float(value)
+    except OverflowError:
+        return None
+    return cast(_Number, number) if math.isfinite(number) else None
 
 
 def order_by(order: Order) -> tuple[ColumnElement[Any], ...]:
@@ -260,7 +335,7 @@ def parse_order(value: Any) -> Order:
     try:
         return Order(value or Order.WORST_FIRST)
     except ValueError:
-        raise ReviewError(f"order {value!r}: use one of {', '.join(Order)}") from None
+        raise ReviewError(f"order {shown(value)}: use one of {', '.join(Order)}") from None
 
 
 @dataclass(frozen=True)
@@ -293,6 +368,7 @@ class LineError:
 
 @dataclass
 class ImportReport:
+    batch_id: str = ""
     lines: int = 0
     applied: int = 0
     unchanged: int = 0
@@ -548,7 +624,7 @@ class ReviewQueue:
                 new_label = check_label(label, self.class_names)
                 kind = Decision.ACCEPT if new_label == crop.label else Decision.RELABEL
                 return CropState.ACCEPTED, new_label, kind
-        raise ReviewError(f"decision {decision!r}: use accept, reject or relabel")
+        raise ReviewError(f"decision {shown(decision)}: use accept, reject or relabel")
 
     def _locked_crop(self, connection: Connection, crop_id: int) -> CropNow:
         crop = self._locked_crops(connection, [crop_id]).get(crop_id)
@@ -794,31 +870,44 @@ class ReviewQueue:
         atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
         return written
 
-    def import_csv(self, path: Path, reviewer: str = CSV_IMPORT_REVIEWER) -> ImportReport:
+    def import_csv(
+        self,
+        path: Path,
+        reviewer: str = CSV_IMPORT_REVIEWER,
+        on_commit: Callable[[ImportReport], None] | None = None,
+        chunk_lines: int = _CHUNK,
+    ) -> ImportReport:
         """Apply the decisions of a CSV (by crop_id or sha256); lines already true change nothing.
 
         Columns: `crop_id` or `sha256` (both: they must agree), `state` (accepted/rejected/pending) or
         `decision` (accept/reject/relabel), and an optional `label`. Bad lines are reported by number and
-        the others are still applied. One import is one batch: `review undo --reviewer` takes it back.
+        the others are still applied. The lines are committed `chunk_lines` at a time (`on_commit` is told
+        after each), all under one batch id made from the file's content (`import_batch_id`): an import
+        that was interrupted and run again is still one batch, and `review undo --reviewer` takes all of it
+        back. A file that cannot be read as UTF-8 CSV is one ReviewError and changes nothing.
         """
         check_reviewer(reviewer)
-        report = ImportReport()
-        batch_id = uuid.uuid4().hex
+        data = _read_import_file(path)
+        report = ImportReport(batch_id=import_batch_id(data))
         parsed: list[tuple[int, _ImportLine]] = []
-        for line_number, row in _read_csv(path):
+        for line_number, row in _import_rows(path, _import_text(path, data)):
             report.lines += 1
             try:
+                if isinstance(row, str):
+                    raise ReviewError(row)
                 parsed.append((line_number, self._parse_import_line(row)))
             except ReviewError as exc:
                 report.errors.append(LineError(line_number, str(exc)))
-        for start in range(0, len(parsed), _CHUNK):
+        for start in range(0, len(parsed), max(1, chunk_lines)):
             with self._transaction() as connection:
                 lock_for_write(connection)
-                for line_number, line in parsed[start : start + _CHUNK]:
+                for line_number, line in parsed[start : start + max(1, chunk_lines)]:
                     try:
-                        self._apply_import_line(connection, reviewer, line, batch_id, report)
+                        self._apply_import_line(connection, reviewer, line, report.batch_id, report)
                     except ReviewError as exc:
                         report.errors.append(LineError(line_number, str(exc)))
+            if on_commit is not None:
+                on_commit(report)
         report.errors.sort(key=lambda error: error.line)
         return report
 
@@ -829,11 +918,13 @@ class ReviewQueue:
             raise ReviewError("no crop_id and no sha256")
         crop_id = None
         if crop_id_text:
-            if not crop_id_text.isdigit():
-                raise ReviewError(f"crop_id {crop_id_text!r} is not a number")
-            crop_id = int(crop_id_text)
+            crop_id = parse_row_id(crop_id_text)
+            if crop_id is None:
+                raise ReviewError(
+                    f"crop_id {shown(crop_id_text)} is not a crop id (a whole number from 1 to {MAX_ROW_ID})"
+                )
         if sha256 and not _SHA256_PATTERN.match(sha256):
-            raise ReviewError(f"sha256 {sha256!r} is not 64 hex digits")
+            raise ReviewError(f"sha256 {shown(sha256)} is not 64 hex digits")
         label = (row.get("label") or "").strip() or None
         if label is not None:
             check_label(label, self.class_names)
@@ -904,18 +995,70 @@ def _import_decision(crop: CropNow, state_after: str, label_after: str) -> Decis
     return Decision.ACCEPT if label_after == crop.label else Decision.RELABEL
 
 
-def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = {(name or "").strip().lower() for name in reader.fieldnames or ()}
-        if not columns & {"crop_id", "sha256"} or not columns & {"state", "decision"}:
-            raise ReviewError(
-                f"{path}: the first line must name the columns: crop_id or sha256, and state or decision"
-            )
-        for row in reader:
-            normalised = {(key or "").strip().lower(): value or "" for key, value in row.items() if key}
-            if any(value.strip() for value in normalised.values()):
-                yield reader.line_num, normalised
+def import_batch_id(data: bytes) -> str:
+    """An import's batch id: "import-" and the first 25 hex digits of the file's sha256 (32 characters)."""
+    return IMPORT_BATCH_PREFIX + hashlib.sha256(data).hexdigest()[:25]
+
+
+def _read_import_file(path: Path) -> bytes:
+    if path.is_dir():
+        raise ReviewError(f"{path} is a folder, not a CSV file")
+    if not path.exists():
+        raise ReviewError(f"{path}: no such file")
+    if not path.is_file():
+        raise ReviewError(f"{path} is not a regular file")
+    try:
+        if path.stat().st_size > MAX_IMPORT_BYTES:
+            raise ReviewError(f"{path} is larger than {MAX_IMPORT_BYTES // 2**20} MiB; split it")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ReviewError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _import_text(path: Path, data: bytes) -> str:
+    """The file as text: UTF-8 (with or without a byte order mark), else one error for the whole file."""
+    if b"\x00" in data:
+        raise ReviewError(f"{path} holds NUL bytes (UTF-16?): save it as UTF-8 CSV")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ReviewError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): save it as UTF-8 CSV"
+        ) from None
+
+
+def _import_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """(line number, the row by lower-case column name) per non-empty line, or a message for a bad one."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, [])
+    except csv.Error as exc:
+        raise ReviewError(f"{path}:1: {_csv_problem(exc)}") from None
+    columns = [name.strip().lower() for name in header]
+    if not set(columns) & {"crop_id", "sha256"} or not set(columns) & {"state", "decision"}:
+        raise ReviewError(
+            f"{path}: the first line must name the columns: crop_id or sha256, and state or decision"
+        )
+    for name in IMPORT_COLUMNS:
+        if columns.count(name) > 1:
+            raise ReviewError(f"{path}:1: the column {name!r} is named twice; which one counts is unclear")
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, _csv_problem(exc)
+            continue
+        if any(value.strip() for value in row):
+            yield reader.line_num, {name: value for name, value in zip(columns, row, strict=False) if name}
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    if "field limit" in str(exc):
+        return f"a field is longer than {csv.field_size_limit()} characters"
+    return f"not a CSV line ({exc})"
 
 
 def _export_row(row: Any) -> list[Any]:
@@ -1049,3 +1192,56 @@ def _progress(counts: dict[str, int], pace: float | None) -> dict[str, Any]:
         "done": total - pending,
         "eta_seconds": round(pending * pace) if pace is not None else None,
     }
+
+
+# -- reviewers with tokens of their own -------------------------------------------------------------------
+
+
+def token_sha256(token: str | bytes) -> str:
+    """What is kept of a token: the sha256 of its bytes (a text token is UTF-8 encoded first)."""
+    if isinstance(token, str):
+        # Command-line arguments that are not UTF-8 come as lone surrogates: encode them back to their bytes.
+        token = token.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(token).hexdigest()
+
+
+class ReviewerTokens:
+    """The `reviewers` table: one token per reviewer, of which only the sha256 is stored."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add(self, name: str) -> tuple[str, bool]:
+        """A new random token for `name` (shown once by the caller); True when it replaced an old one."""
+        check_page_reviewer(name)
+        token = secrets.token_urlsafe(32)
+        values = {"token_sha256": token_sha256(token), "created_at": utcnow()}
+        with self.engine.begin() as connection:
+            lock_for_write(connection)
+            replaced = connection.execute(update(Reviewer).where(Reviewer.name == name).values(**values))
+            if not replaced.rowcount:
+                connection.execute(insert(Reviewer).values(name=name, **values))
+        return token, bool(replaced.rowcount)
+
+    def remove(self, name: str) -> bool:
+        with self.engine.begin() as connection:
+            return bool(connection.execute(delete(Reviewer).where(Reviewer.name == name)).rowcount)
+
+    def names(self) -> list[tuple[str, datetime]]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(Reviewer.name, Reviewer.created_at).order_by(Reviewer.name))
+            return [(name, cast(datetime, _as_utc(created_at))) for name, created_at in rows]
+
+    def any(self) -> bool:
+        with self.engine.connect() as connection:
+            return connection.scalar(select(Reviewer.name).limit(1)) is not None
+
+    def name_of(self, digest: str) -> str | None:
+        """The reviewer whose token has this sha256, if any."""
+        with self.engine.connect() as connection:
+            return connection.scalar(select(Reviewer.name).where(Reviewer.token_sha256 == digest))
+
+    def digest_of(self, name: str) -> str | None:
+        """The sha256 of the reviewer's current token (None once removed)."""
+        with self.engine.connect() as connection:
+            return connection.scalar(select(Reviewer.token_sha256).where(Reviewer.name == name))

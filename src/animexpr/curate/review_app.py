@@ -1,12 +1,19 @@
 """The review web app: a Starlette ASGI app with a JSON API and one static page, served by uvicorn.
 
 Safety, in the order the guard applies it:
-- Without a token the app answers only requests addressed to a loopback name (127.0.0.1, localhost, ::1), so
-  a web page cannot reach it through DNS rebinding.
-- With a token every request but the login form needs it: as `Authorization: Bearer`, or as the HttpOnly
-  cookie the login form sets (an HMAC of the token, so the browser never stores the token itself and the
-  page's JavaScript never sees either).
+- Token mode is on when the server was given a shared token (`--token`, which logs in as the server's own
+  reviewer name) or when any reviewer has a token of their own (`review add-reviewer`). Then every request
+  but the login form needs a token: as `Authorization: Bearer`, or as the HttpOnly cookie the login form sets
+  (the reviewer's name and an HMAC, keyed by a secret of this server process, of that name and their token's
+  hash: the browser never stores the token, the page's JavaScript never sees the cookie, and no client can
+  make one up). The reviewer recorded on every lease and event is the one the token belongs to; the
+  X-Reviewer header is ignored.
+- Without tokens the app answers only requests addressed to a loopback name (127.0.0.1, localhost, ::1), so
+  a web page cannot reach it through DNS rebinding; the reviewer is the X-Reviewer header (or the server's
+  name), never one of the names the command line records its own decisions under.
 - State changes are POSTs with a JSON body and an Origin equal to the page's own (or a bearer token).
+- Bodies are read chunk by chunk and refused (413) as soon as they pass the limit; every number a client
+  sends is checked to be a row id or a 64-bit value before it reaches the database.
 - Images are looked up by crop id in the database; no part of a request path reaches the file system, and
   the page's own three files are read into memory at start-up.
 """
@@ -19,6 +26,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,11 +52,18 @@ from animexpr.curate.review import (
     LeaseConflict,
     Order,
     QueueFilter,
+    ReservedReviewer,
     ReviewError,
+    ReviewerTokens,
     ReviewQueue,
+    check_page_reviewer,
     check_reviewer,
+    is_row_id,
     parse_order,
+    parse_row_id,
+    token_sha256,
 )
+from animexpr.db.models import MAX_ROW_ID
 from animexpr.store import FileStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +71,8 @@ log = logging.getLogger(__name__)
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 SESSION_COOKIE = "animexpr_review"
 MAX_BODY_BYTES = 256 * 1024
+MAX_LOGIN_BYTES = 4096
+MAX_TOKEN_CHARS = 1024
 DEFAULT_GRID_SIZE = 48
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -87,8 +104,8 @@ PUBLIC_PATHS = frozenset({"/login", "/static/review.css"})
 
 @dataclass(frozen=True)
 class ReviewAppConfig:
-    reviewer: str
-    token: str | None = None
+    reviewer: str  # the default reviewer; with `token`, the reviewer that token logs in as
+    token: str | None = None  # a shared token (`--token`); reviewers' own tokens are in the database
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     grid_size: int = DEFAULT_GRID_SIZE
 
@@ -102,25 +119,66 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def listen_warning(host: str, token: str | None) -> str | None:
-    """None for a loopback address; a warning for any other (which needs a token, else ReviewError)."""
+def listen_warning(host: str, token: str | None, reviewer_tokens: bool = False) -> str | None:
+    """None for a loopback address; a warning for any other, which needs token mode (else ReviewError)."""
+    if token is not None and len(token) < 12:
+        raise ReviewError("--token: use at least 12 characters")
     if is_loopback(host):
         return None
-    if not token:
+    if not token and not reviewer_tokens:
         raise ReviewError(
-            f"--host {host} makes the review page reachable from other machines: give --token "
-            "(or ANIMEXPR_REVIEW_TOKEN) so that only people with it can change decisions"
+            f"--host {host} makes the review page reachable from other machines: give each reviewer a "
+            "token (`animexpr review add-reviewer NAME`) or give --token, so that only they can decide"
         )
-    if len(token) < 12:
-        raise ReviewError("--token: use at least 12 characters")
     return (
-        f"listening on {host}: anyone who can reach this port and has the token can review; "
+        f"listening on {host}: anyone who can reach this port and has a token can review; "
         "the connection is plain HTTP, so use it on a trusted network or behind a TLS proxy"
     )
 
 
-def session_cookie_value(token: str) -> str:
-    return hmac.new(token.encode(), b"animexpr-review-session", hashlib.sha256).hexdigest()
+class Identities:
+    """Token mode: who a token or a session cookie belongs to.
+
+    The database is asked on every request, so a reviewer added or removed while the server runs counts
+    at once (a removed reviewer's cookie stops working too: it is bound to the token's hash).
+    """
+
+    def __init__(self, tokens: ReviewerTokens, shared_reviewer: str, shared_token: str | None) -> None:
+        self.tokens = tokens
+        self.shared_reviewer = shared_reviewer
+        self.shared_digest = token_sha256(shared_token) if shared_token else None
+        self.secret = secrets.token_bytes(32)  # a restart signs everyone out
+
+    def reviewer_for_token(self, token: bytes) -> tuple[str, str] | None:
+        """(reviewer, token hash) for a token given as bytes (UTF-8 for text), None for a wrong one."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            return None
+        digest = token_sha256(token)
+        if self.shared_digest is not None and hmac.compare_digest(digest, self.shared_digest):
+            return self.shared_reviewer, digest
+        name = self.tokens.name_of(digest)
+        return (name, digest) if name is not None else None
+
+    def cookie_for(self, reviewer: str, digest: str) -> str:
+        return f"{reviewer.encode().hex()}.{self._mac(reviewer, digest)}"
+
+    def reviewer_for_cookie(self, value: str) -> str | None:
+        name_hex, _, mac = value.partition(".")
+        try:
+            reviewer = bytes.fromhex(name_hex).decode()
+            check_reviewer(reviewer)
+        except (ValueError, ReviewError):
+            return None
+        digests = [self.tokens.digest_of(reviewer)]
+        if reviewer == self.shared_reviewer:
+            digests.append(self.shared_digest)
+        for digest in digests:
+            if digest is not None and hmac.compare_digest(mac.encode(), self._mac(reviewer, digest).encode()):
+                return reviewer
+        return None
+
+    def _mac(self, reviewer: str, digest: str) -> str:
+        return hmac.new(self.secret, f"{reviewer}\n{digest}".encode(), hashlib.sha256).hexdigest()
 
 
 def _host_name(host_header: str) -> str:
@@ -129,20 +187,30 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-class GuardMiddleware:
-    """Host, token and origin checks for every request, and the security headers on every response."""
+def _bearer_token(request: Request) -> bytes | None:
+    """The raw bytes of an `Authorization: Bearer` token (headers arrive as Latin-1 text of their bytes)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip().encode("latin-1")
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+
+class GuardMiddleware:
+    """Host, token and origin checks for every request, and the security headers on every response.
+
+    In token mode the reviewer the token or cookie belongs to is put on `request.state.reviewer`.
+    """
+
+    def __init__(self, app: ASGIApp, identities: Identities | None) -> None:
         self.app = app
-        self.token = token
-        self.cookie = session_cookie_value(token) if token else None
+        self.identities = identities
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        refusal = self.refusal(request)
+        refusal = await self.refusal(request)
         target: ASGIApp = refusal if refusal is not None else self.app
 
         async def send_with_headers(message: Message) -> None:
@@ -154,31 +222,33 @@ class GuardMiddleware:
 
         await target(scope, receive, send_with_headers)
 
-    def refusal(self, request: Request) -> Response | None:
+    async def refusal(self, request: Request) -> Response | None:
         host = request.headers.get("host", "")
-        if self.token is None and not is_loopback(_host_name(host)):
+        if self.identities is None and not is_loopback(_host_name(host)):
             return _error(421, "this review server answers on 127.0.0.1 only")
-        bearer = self._bearer_ok(request)
-        needs_login = self.token is not None and request.url.path not in PUBLIC_PATHS
-        if needs_login and not (bearer or self._cookie_ok(request)):
-            if request.method == "GET" and request.url.path == "/":
-                return RedirectResponse("/login", status_code=303)
-            return _error(401, "log in first: open the page and enter the token")
-        if request.method not in ("GET", "HEAD") and not bearer:
+        bearer: tuple[str, str] | None = None
+        if self.identities is not None:
+            bearer, reviewer = await run_in_threadpool(self._reviewer, request)
+            if reviewer is None and request.url.path not in PUBLIC_PATHS:
+                if request.method == "GET" and request.url.path == "/":
+                    return RedirectResponse("/login", status_code=303)
+                return _error(401, "log in first: open the page and enter your reviewer token")
+            request.state.reviewer = reviewer
+        if request.method not in ("GET", "HEAD") and bearer is None:
             origin = request.headers.get("origin")
             if origin not in (f"http://{host}", f"https://{host}"):
                 return _error(403, "refused: a change must come from the review page itself (Origin check)")
         return None
 
-    def _bearer_ok(self, request: Request) -> bool:
-        if self.token is None:
-            return False
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), self.token)
-
-    def _cookie_ok(self, request: Request) -> bool:
-        value = request.cookies.get(SESSION_COOKIE, "")
-        return self.cookie is not None and hmac.compare_digest(value, self.cookie)
+    def _reviewer(self, request: Request) -> tuple[tuple[str, str] | None, str | None]:
+        """(owner and hash of the bearer token, or None; the reviewer of that token, else of the cookie)."""
+        assert self.identities is not None
+        token = _bearer_token(request)
+        if token is not None:
+            owner = self.identities.reviewer_for_token(token)
+            return owner, owner[0] if owner else None
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return None, self.identities.reviewer_for_cookie(cookie) if cookie else None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -194,17 +264,39 @@ def _load_static() -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in STATIC_FILES}
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, read chunk by chunk and refused (413) as soon as it passes `limit` bytes.
+
+    Reading stops there, so a huge or endless body (chunked or not) never builds up in memory: the server
+    stops reading the socket once its small buffer is full.
+    """
+    declared = request.headers.get("content-length", "").strip()
+    if declared and (not declared.isascii() or not declared.isdigit() or len(declared) > 15):
+        raise HTTPException(400, "bad Content-Length")
+    if declared and int(declared) > limit:
+        raise HTTPException(413, f"request body too large (at most {limit} bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body too large (at most {limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise HTTPException(415, "send JSON (Content-Type: application/json)")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, "request body too large")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise HTTPException(413, "request body too large")
+    body = await read_body(request, MAX_BODY_BYTES)
     try:
-        data = json.loads(body or b"{}")
+        data = json.loads(body or b"{}", parse_constant=_refuse_constant)
+    except RecursionError:
+        raise HTTPException(400, "the body nests too deeply to be a request of this page") from None
     except ValueError:
         raise HTTPException(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -215,32 +307,64 @@ async def _json_body(request: Request) -> dict[str, Any]:
 def _ids(value: Any, name: str) -> list[int]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ReviewError(f"{name}: expected a list of crop ids")
+    if not isinstance(value, list) or not all(is_row_id(v) for v in value):
+        raise ReviewError(f"{name}: expected a list of crop ids (whole numbers from 1 to {MAX_ROW_ID})")
     return value
+
+
+def _crop_id(value: Any) -> int:
+    if not is_row_id(value):
+        raise ReviewError(f"crop_id: expected a crop id (a whole number from 1 to {MAX_ROW_ID})")
+    return int(value)
+
+
+def _path_crop_id(request: Request) -> int:
+    crop_id = parse_row_id(request.path_params["crop_id"])
+    if crop_id is None:
+        raise CropNotFound("no such crop: crop ids are whole numbers from 1 to 2147483647")
+    return crop_id
+
+
+def _query_limit(request: Request, default: int) -> int:
+    text = request.query_params.get("limit", str(default))
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise ReviewError("limit: expected a whole number (at most 6 digits)")
+    return int(text)
 
 
 def _count(value: Any) -> int:
     if value is None:
         return 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ReviewError("count: expected a positive whole number")
-    return value
+    if not is_row_id(value):  # a count beyond the row ids is no count of crops either
+        raise ReviewError(f"count: expected a whole number from 1 to {MAX_ROW_ID}")
+    return int(value)
 
 
 def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> Starlette:
-    """The review app over one database and store; `config.reviewer` is the default reviewer name."""
-    check_reviewer(config.reviewer)
+    """The review app over one database and store; `config.reviewer` is the default reviewer name.
+
+    Token mode (see the module's docstring) is on when `config.token` is given or any reviewer has a token
+    of their own when the app is made.
+    """
+    check_page_reviewer(config.reviewer)
     if config.token is not None and not config.token:
         # An empty token would make "Authorization: Bearer " a valid login.
         config = dataclasses.replace(config, token=None)
     queue = ReviewQueue(engine, settings.class_names, config.lease_seconds)
     store = FileStore(settings.home)
     static = _load_static()
+    tokens = ReviewerTokens(engine)
+    identities = (
+        Identities(tokens, config.reviewer, config.token)
+        if config.token is not None or tokens.any()
+        else None
+    )
 
     def reviewer_of(request: Request) -> str:
+        if identities is not None:
+            return str(request.state.reviewer)  # set by the guard from the token; headers do not count
         name = request.headers.get("x-reviewer", "").strip()
-        return check_reviewer(name) if name else config.reviewer
+        return check_page_reviewer(name) if name else config.reviewer
 
     async def page(request: Request) -> Response:
         return Response(static["index.html"], media_type=STATIC_FILES["index.html"])
@@ -252,13 +376,15 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
         return Response(static[name], media_type=STATIC_FILES[name], headers={"cache-control": "no-cache"})
 
     async def login(request: Request) -> Response:
-        if config.token is None:
+        if identities is None:
             return RedirectResponse("/", status_code=303)
         if request.method == "GET":
             return Response(static["login.html"], media_type=STATIC_FILES["login.html"])
-        body = (await request.body())[:4096].decode("utf-8", "replace")
-        given = parse_qs(body).get("token", [""])[0]
-        if not hmac.compare_digest(given, config.token):
+        body = (await read_body(request, MAX_LOGIN_BYTES)).decode("ascii", "replace")
+        # Browsers send the form UTF-8 encoded; a byte that is not UTF-8 can only make a wrong token.
+        given = parse_qs(body, encoding="utf-8", errors="replace").get("token", [""])[0]
+        owner = await run_in_threadpool(identities.reviewer_for_token, given.encode("utf-8"))
+        if owner is None:
             log.warning(
                 "a wrong review token was entered from %s", request.client.host if request.client else "?"
             )
@@ -268,7 +394,7 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
             return Response(failed, status_code=401, media_type=STATIC_FILES["login.html"])
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
-            SESSION_COOKIE, session_cookie_value(config.token), httponly=True, samesite="strict", path="/"
+            SESSION_COOKIE, identities.cookie_for(*owner), httponly=True, samesite="strict", path="/"
         )
         return response
 
@@ -276,6 +402,7 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
         return _json(
             {
                 "reviewer": reviewer_of(request),
+                "reviewer_from_token": identities is not None,
                 "classes": list(settings.class_names),
                 "orders": [order.value for order in Order],
                 "default_order": Order.WORST_FIRST.value,
@@ -300,7 +427,7 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
 
     async def decide(request: Request) -> Response:
         body = await _json_body(request)
-        crop_id = _ids([body.get("crop_id")], "crop_id")[0]
+        crop_id = _crop_id(body.get("crop_id"))
         label = body.get("label")
         result = await run_in_threadpool(
             queue.decide, reviewer_of(request), crop_id, str(body.get("decision")), label
@@ -339,18 +466,16 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
         return _json(await run_in_threadpool(queue.stats, reviewer_of(request)))
 
     async def history(request: Request) -> Response:
-        limit = request.query_params.get("limit", "50")
-        if not limit.isdigit():
-            raise ReviewError("limit: expected a number")
-        items = await run_in_threadpool(queue.history, reviewer_of(request), int(limit))
+        limit = _query_limit(request, 50)
+        items = await run_in_threadpool(queue.history, reviewer_of(request), limit)
         return _json({"items": items})
 
     async def item(request: Request) -> Response:
-        return _json(await run_in_threadpool(queue.item, request.path_params["crop_id"]))
+        return _json(await run_in_threadpool(queue.item, _path_crop_id(request)))
 
     def image_endpoint(which: str) -> Callable[[Request], Awaitable[Response]]:
         async def image(request: Request) -> Response:
-            relpath = await run_in_threadpool(queue.file_relpath, request.path_params["crop_id"], which)
+            relpath = await run_in_threadpool(queue.file_relpath, _path_crop_id(request), which)
             path = store.abspath(relpath)
             if not path.is_file():
                 return _error(404, f"the {which} image is missing from the store ({relpath})")
@@ -363,7 +488,13 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
         return image
 
     async def review_error(request: Request, exc: Exception) -> Response:
-        status = 404 if isinstance(exc, CropNotFound) else 409 if isinstance(exc, LeaseConflict) else 400
+        status = 400
+        if isinstance(exc, CropNotFound):
+            status = 404
+        elif isinstance(exc, LeaseConflict):
+            status = 409
+        elif isinstance(exc, ReservedReviewer):
+            status = 403
         return _error(status, str(exc))
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -386,20 +517,23 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
         Route("/api/renew", renew, methods=["POST"]),
         Route("/api/stats", stats),
         Route("/api/history", history),
-        Route("/api/crops/{crop_id:int}", item),
-        Route("/api/crops/{crop_id:int}/image", image_endpoint("crop")),
-        Route("/api/crops/{crop_id:int}/source", image_endpoint("source")),
+        Route("/api/crops/{crop_id}", item),
+        Route("/api/crops/{crop_id}/image", image_endpoint("crop")),
+        Route("/api/crops/{crop_id}/source", image_endpoint("source")),
     ]
     app = Starlette(
         routes=routes,
         exception_handlers={ReviewError: review_error, HTTPException: http_error},
     )
-    app.add_middleware(GuardMiddleware, token=config.token)
+    app.add_middleware(GuardMiddleware, identities=identities)
     return app
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the server starts so that a busy port is a clear error."""
+    """The listening socket, bound before the server starts: a bad port or host, or a busy port, is one
+    clear ReviewError. Port 0 picks a free port (read it back with `getsockname`)."""
+    if not 0 <= port <= 65535:
+        raise ReviewError(f"--port {port}: use a port from 1 to 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP,
     # and with Nagle on, every keep-alive response waits ~40 ms for the client's delayed ACK.
@@ -407,9 +541,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except socket.gaierror as exc:
         sock.close()
-        raise ReviewError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
+        raise ReviewError(
+            f"cannot listen on {host!r} ({exc.strerror}); give an address or a known name as --host"
+        ) from None
+    except (OSError, UnicodeError) as exc:
+        sock.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ReviewError(
+            f"cannot listen on {host}:{port} ({reason}); pick another --port or --host"
+        ) from None
     return sock
 
 

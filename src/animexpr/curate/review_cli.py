@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,15 +20,17 @@ from animexpr.curate.review import (
     STATE_FILTERS,
     QueueFilter,
     ReviewError,
+    ReviewerTokens,
     ReviewQueue,
     check_label,
+    check_page_reviewer,
     check_reviewer,
 )
 from animexpr.curate.review_app import DEFAULT_GRID_SIZE, ReviewAppConfig, bind_socket, listen_warning, serve
 
 review_app = typer.Typer(
     help="Review the crops: the keyboard-first page (no subcommand), progress, CSV export and import, "
-    "bulk accept, undo.",
+    "bulk accept, undo, reviewer tokens.",
 )
 
 ReviewerOption = Annotated[
@@ -49,15 +52,26 @@ def default_reviewer() -> str:
 def review(
     ctx: typer.Context,
     host: Annotated[
-        str, typer.Option(help="Address to listen on; anything but loopback needs --token.")
+        str, typer.Option(help="Address to listen on; anything but loopback needs reviewer tokens.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
-    reviewer: ReviewerOption = None,
+    port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 8765,
+    reviewer: Annotated[
+        str | None,
+        typer.Option(
+            "--reviewer",
+            help="Who decides when the page names nobody (default: your login name); with --token, the "
+            "reviewer that token logs in as.",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
             envvar="ANIMEXPR_REVIEW_TOKEN",
-            help="Shared secret the page asks for once; required off loopback.",
+            help="A shared token (12+ characters) that logs in as --reviewer. Token mode, where each "
+            "request needs a token and is recorded as the token's reviewer, is on when --token is given "
+            "or any reviewer has a token of their own (`review add-reviewer`); it is required off "
+            "loopback. Without it (loopback only) the page names its reviewer freely.",
             show_default=False,
         ),
     ] = None,
@@ -70,24 +84,81 @@ def review(
     if ctx.invoked_subcommand is not None:
         return
     state = get_state(ctx)
-    name = check_reviewer(reviewer or default_reviewer())
+    name = check_page_reviewer(reviewer or default_reviewer())
     token = token or None  # ANIMEXPR_REVIEW_TOKEN="" means no token
-    warning = listen_warning(host, token)
     if not 1 <= grid_size <= 200:
         raise ReviewError("--grid-size: between 1 and 200")
+    if not (math.isfinite(lease_minutes) and 0 < lease_minutes <= 24 * 60):
+        raise ReviewError("--lease-minutes: more than 0 and at most 1440 (a day)")
+    engine = state.engine
+    reviewer_tokens = ReviewerTokens(engine).any()
+    warning = listen_warning(host, token, reviewer_tokens)
     config = ReviewAppConfig(
         reviewer=name, token=token, lease_seconds=max(1, round(lease_minutes * 60)), grid_size=grid_size
     )
     sock = bind_socket(host, port)
-    engine = state.engine
     if warning:
         err_console.print(f"[yellow]warning:[/] {warning}")
     shown_host = f"[{host}]" if ":" in host else host
-    console.print(f"review page: [bold]http://{shown_host}:{port}/[/]  (reviewer {name})")
-    if token:
-        console.print("the page asks for the token once per browser")
+    port = sock.getsockname()[1]
+    if token or reviewer_tokens:
+        console.print(f"review page: [bold]http://{shown_host}:{port}/[/]")
+        console.print(
+            "the page asks each browser once for a reviewer token; decisions are recorded as its owner"
+        )
+        if token:
+            console.print(f"the --token logs in as reviewer {name}")
+    else:
+        console.print(f"review page: [bold]http://{shown_host}:{port}/[/]  (reviewer {name})")
     console.print("every decision is saved as you make it; Ctrl-C stops the server")
     serve(engine, state.settings, config, sock)
+
+
+@review_app.command("add-reviewer")
+def add_reviewer(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The reviewer's name, as recorded on their decisions.")],
+) -> None:
+    """Give a reviewer a new token of their own and print it (once: only its hash is kept).
+
+    Naming an existing reviewer replaces their token: the old one stops working at once, also in a server
+    that is running. The first reviewer with a token turns token mode on for servers started afterwards.
+    Only the token goes to standard output, so `TOKEN=$(animexpr review add-reviewer alice)` works.
+    """
+    state = get_state(ctx)
+    token, replaced = ReviewerTokens(state.engine).add(name)
+    what = "replaced the token of" if replaced else "added"
+    err_console.print(
+        f"{what} reviewer {name}; their token (shown only now, hand it over privately):", highlight=False
+    )
+    print(token)
+    err_console.print(
+        "they enter it on the review page's login form, or send it as 'Authorization: Bearer TOKEN'",
+        highlight=False,
+    )
+
+
+@review_app.command("reviewers")
+def reviewers(ctx: typer.Context) -> None:
+    """List the reviewers that have a token of their own."""
+    rows = ReviewerTokens(get_state(ctx).engine).names()
+    if not rows:
+        console.print("no reviewer has a token (the page names its reviewer freely, on loopback only)")
+        return
+    table = Table("reviewer", "token since")
+    for name, created_at in rows:
+        table.add_row(name, created_at.strftime("%Y-%m-%d %H:%M UTC"))
+    console.print(table)
+
+
+@review_app.command("remove-reviewer")
+def remove_reviewer(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The reviewer whose token to delete.")]
+) -> None:
+    """Delete a reviewer's token: it stops working at once; their recorded decisions stay."""
+    if not ReviewerTokens(get_state(ctx).engine).remove(name):
+        raise ReviewError(f"no reviewer named {name!r} has a token (see `animexpr review reviewers`)")
+    console.print(f"removed the token of reviewer {name}")
 
 
 @review_app.command("stats")
@@ -153,16 +224,17 @@ def export(
 @review_app.command("import")
 def import_(
     ctx: typer.Context,
-    file: Annotated[
-        Path, typer.Argument(help="CSV with crop_id or sha256, and state or decision.", exists=True)
-    ],
+    file: Annotated[Path, typer.Argument(help="UTF-8 CSV with crop_id or sha256, and state or decision.")],
     reviewer: Annotated[str, typer.Option(help="Recorded as the reviewer of these decisions.")] = (
         CSV_IMPORT_REVIEWER
     ),
 ) -> None:
     """Apply decisions from a CSV (by crop id or file hash); running it again changes nothing.
 
-    Exit status 1 when a line could not be applied; the other lines are applied all the same.
+    One file is one batch, named import- and the start of the file's sha256: an import that was
+    interrupted and run again applies only what is missing, under the same batch, and `review undo
+    --reviewer` takes the whole import back. Exit status 1 when a line could not be applied; the other lines
+    are applied all the same.
     """
     state = get_state(ctx)
     queue = ReviewQueue(state.engine, state.settings.class_names)
@@ -173,7 +245,7 @@ def import_(
         err_console.print(f"... and {len(report.errors) - 100} more bad lines")
     console.print(
         f"{report.lines} lines: {report.applied} decisions applied, {report.unchanged} already so, "
-        f"{len(report.errors)} bad lines"
+        f"{len(report.errors)} bad lines (batch {report.batch_id})"
     )
     if report.errors:
         raise typer.Exit(1)

@@ -17,6 +17,7 @@ from review_testdata import CHROMIUM, CHROMIUM_FLAGS, LiveServer, SeededCrops, s
 from sqlalchemy import Engine, select
 
 from animexpr.config import Settings
+from animexpr.curate.review import ReviewerTokens
 from animexpr.curate.review_app import ReviewAppConfig, create_app
 from animexpr.db.models import Crop, ReviewEvent, ReviewLease
 from animexpr.db.session import session_scope
@@ -279,13 +280,13 @@ def test_screenshots_of_single_and_grid_mode(open_page: Callable[..., Any], tmp_
 def test_token_login_in_the_browser_keeps_the_secret_out_of_the_page(
     browser: Any, engine: Engine, settings: Settings, crops: SeededCrops
 ) -> None:
-    token = "a-long-enough-shared-secret"
-    app = create_app(engine, settings, ReviewAppConfig(reviewer="alice", token=token))
+    token, _ = ReviewerTokens(engine).add("bob")
+    app = create_app(engine, settings, ReviewAppConfig(reviewer="alice"))
     with LiveServer(app) as live:
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         try:
             page = context.new_page()
-            page.goto(live.url + "/")
+            page.goto(live.url + "/?reviewer=mallory")  # a name from the page does not count with tokens
             assert page.url.endswith("/login")
             page.fill("input[name=token]", "wrong-guess")
             page.press("input[name=token]", "Enter")
@@ -295,8 +296,11 @@ def test_token_login_in_the_browser_keeps_the_secret_out_of_the_page(
             page.wait_for_selector("body[data-ready='1']", timeout=15000)
             assert page.evaluate("() => document.cookie") == ""  # HttpOnly: the page's script cannot read it
             assert token not in page.content()
+            assert page.text_content("#reviewer-name") == "reviewer bob"
+            assert page.is_disabled("#reviewer-name")
             shown = current_crop(page)
             press(page, "x")
             assert crop_row(engine, shown).state == "rejected"
+            assert [(e.crop_id, e.reviewer) for e in events(engine)] == [(shown, "bob")]
         finally:
             context.close()

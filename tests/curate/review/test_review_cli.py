@@ -130,3 +130,39 @@ def test_review_command_serves_the_page(home: Path, seeded: SeededCrops) -> None
         server.terminate()
         output = server.communicate(timeout=20)[0]
     assert f"review page: http://127.0.0.1:{port}/" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--port", "99999"), "--port 99999: use a port from 1 to 65535"),
+        (("--port", "-1"), "--port -1: use a port from 1 to 65535"),
+        (
+            ("--host", "no-such-host.invalid", "--token", "long-enough-token"),
+            "cannot listen on 'no-such-host.invalid'",
+        ),
+        (("--lease-minutes", "nan"), "--lease-minutes"),
+    ],
+)
+def test_bad_listen_options_are_one_line_errors(
+    home: Path, seeded: SeededCrops, args: tuple[str, ...], message: str
+) -> None:
+    code, _, exception = _run(home, *args)
+    assert code == 1
+    assert isinstance(exception, ReviewError)
+    assert message in str(exception)
+    assert "\n" not in str(exception)
+
+
+def test_a_port_out_of_range_prints_one_line_and_no_traceback(home: Path, seeded: SeededCrops) -> None:
+    env = {**os.environ, "ANIMEXPR_HOME": str(home)}
+    env.pop("ANIMEXPR_REVIEW_TOKEN", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "animexpr", "review", "--port", "99999"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: --port 99999: use a port from 1 to 65535"]

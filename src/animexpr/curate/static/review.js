@@ -630,9 +630,14 @@ function setupReviewer() {
 async function start() {
   setupReviewer();
   S.config = await api("/api/config");
-  S.reviewer = S.reviewer || S.config.reviewer;
+  // With tokens the server says who this is; a name kept in this browser does not count there.
+  S.reviewer = S.config.reviewer_from_token ? S.config.reviewer : S.reviewer || S.config.reviewer;
   const button = $("#reviewer-name");
   button.replaceChildren("reviewer ", Object.assign(document.createElement("b"), { textContent: S.reviewer }));
+  if (S.config.reviewer_from_token) {
+    button.disabled = true;
+    button.title = "the name your token belongs to";
+  }
   $("#help-classes").replaceChildren(
     Object.assign(document.createElement("kbd"), { textContent: "1" }), "–",
     Object.assign(document.createElement("kbd"), { textContent: String(S.config.classes.length) }),
