@@ -15,6 +15,9 @@ PNG encoding, content-addressed atomic stores, database rows), on a fresh home e
 --workers processes (default: all cores), and with 1 worker (in-process, OpenCV default threads).
 Overhead beyond detectMultiScale = (our 1-worker time - time inside our detector) / time inside our detector,
 both from the same run (our detector time covers cvtColor + equalizeHist + detectMultiScale, as the README's).
+Hash check: each original is read and checked against its recorded sha256 before decoding; the time spent
+reading and hashing (`CropSummary.read_s`, an upper bound of the check's own cost, since the stage read the
+file before too) is printed as a share of the 1-worker stage time of the same run.
 Medians of --repeats (the machine is shared); the first pooled run also pays for starting the fork server,
 which every `animexpr crop` invocation pays once: it is printed separately.
 """
@@ -90,6 +93,7 @@ def ours(paths: list[Path], settings: CropSettings, workers: int, scratch: Path)
                     class_name="smile",
                     state=PostState.DOWNLOADED,
                     file_relpath=stored.relpath,
+                    file_sha256=stored.sha256,  # as harvest records it: the stage checks it
                 )
             )
     started = time.perf_counter()
@@ -130,6 +134,7 @@ def main() -> int:
             "ours": [],
             "ours1": [],
             "ours1_detect": [],
+            "ours1_read": [],
         }
         crops = 0
         for _ in range(args.repeats):
@@ -143,6 +148,7 @@ def main() -> int:
             elapsed, summary = ours(paths, settings, 1, scratch)
             times["ours1"].append(elapsed)
             times["ours1_detect"].append(summary.detect_s)
+            times["ours1_read"].append(summary.read_s)
             cv2.setNumThreads(1)
             times["base1"].append(baseline(paths, cascade)[0])
         cv2.setNumThreads(default_threads)
@@ -171,6 +177,11 @@ def main() -> int:
     print(f"our overhead beyond the detector, 1 worker, same run:   {100 * same_run:.1f} %")
     print(f"  (our 1-worker time against the baseline's detectMultiScale time: {100 * across_runs:.1f} %)")
     print(f"README loop's own overhead beyond detectMultiScale:     {100 * base_overhead:.1f} %")
+    read_share = statistics.median(r / t for r, t in zip(times["ours1_read"], times["ours1"], strict=True))
+    print(
+        "reading originals and checking their sha256, share of the 1-worker stage time: "
+        f"{100 * read_share:.2f} % ({1000 * med['ours1_read'] / n:.2f} ms per image)"
+    )
     for name, values in times.items():
         print(f"  {name:12s} " + " ".join(f"{v:.2f}" for v in values) + " s")
     return 0

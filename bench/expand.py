@@ -9,6 +9,11 @@ plain `cv2.imwrite` skips. The expander is timed end to end (`expand()`: plan, d
 workers, durable content-addressed writes). Each repeat of the expander uses another seed, so it makes as many
 new images as the baselines. Medians are printed because the machine is shared.
 
+Hash check: the expander reads each crop and checks it against its recorded sha256 before augmenting it, and
+`snapshot create` checks every file it lists; both are timed inside the stage (`ExpandSummary.read_s`,
+`SnapshotInfo.check_s`) and printed as a share of the same run's stage time (the 1-worker expander, whose
+reading time is not spread over processes, and the create).
+
 Crops are the real faces of ANIMEXPR_ASSETS/faces when it is set (resized to --side, the crop stage's
 default 128 px), generated pictures otherwise.
 """
@@ -177,6 +182,7 @@ def main(argv: list[str]) -> int:
             "parallel": [],
             "single": [],
         }
+        read_shares: list[float] = []
         for repeat in range(args.repeats):
             for key, durable in (("plain", False), ("plain durable", True)):
                 out = work / f"plain-{repeat}"
@@ -197,6 +203,8 @@ def main(argv: list[str]) -> int:
                     )
                 assert summary.created == args.images, summary
                 runs[key].append(timer.rates(args.images))
+                if key == "single":
+                    read_shares.append(summary.read_s / timer.wall)
             print(
                 f"repeat {repeat} (load {os.getloadavg()[0]:.1f}): "
                 + ", ".join(f"{key} {runs[key][-1][0]:.0f} img/s" for key in runs)
@@ -219,6 +227,10 @@ def main(argv: list[str]) -> int:
             f"{paired_durable:.2f}x)"
         )
         print(
+            "median share of the 1-worker expander's time spent reading crops and checking their sha256: "
+            f"{100 * statistics.median(read_shares):.2f} %"
+        )
+        print(
             "median CPU time per image (all processes): "
             + ", ".join(f"{key} {ms:.2f} ms" for key, ms in cpu.items())
         )
@@ -236,11 +248,12 @@ def snapshot_timings(engine: Engine, store: FileStore, settings: Settings, args:
     print(
         f"expand to {args.snapshot_target}: {summary.created} images in {time.perf_counter() - start:.1f} s"
     )
-    creates, verifies = [], []
+    creates, verifies, check_shares = [], [], []
     for repeat in range(args.repeats):
         start = time.perf_counter()
         info = create_snapshot(engine, store, settings, f"bench-{repeat}", test_fraction=0.0)
         creates.append(time.perf_counter() - start)
+        check_shares.append(info.check_s / creates[-1])
         start = time.perf_counter()
         report = verify_snapshot(engine, settings, info.name)
         verifies.append(time.perf_counter() - start)
@@ -255,6 +268,10 @@ def snapshot_timings(engine: Engine, store: FileStore, settings: Settings, args:
         f"verified in {statistics.median(verifies):.2f} s; with --test-fraction 0.1 it holds "
         f"{split.counts['total']} images (train {split.counts['split_sizes']['train']}, "
         f"test {split.counts['split_sizes']['test']})"
+    )
+    print(
+        "median share of snapshot create spent checking every file's sha256: "
+        f"{100 * statistics.median(check_shares):.1f} %"
     )
 
 

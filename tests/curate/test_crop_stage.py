@@ -33,7 +33,7 @@ from animexpr.curate.detect import Detection, DetectorSpec
 from animexpr.db.models import Crop, CropAttempt, Post, PostState
 from animexpr.db.session import open_db, session_scope
 from animexpr.images import MISSING_FILE, DecodedImage, decode_image
-from animexpr.store import FileStore, StoredFile, sha256_file
+from animexpr.store import FileStore, StoredFile, sha256_bytes, sha256_file
 
 CELL = 512  # the grid is 6 x 6 illustrations of 512 px
 
@@ -84,6 +84,7 @@ def add_posts(
                     class_name=post.class_name,
                     state=state,
                     file_relpath=relpath,
+                    file_sha256=sha256_bytes(data),  # what harvest records with the file
                     tags="",
                 )
             )
@@ -439,10 +440,10 @@ def test_an_unexpected_error_on_one_post_is_counted_not_recorded_and_retried(
     add_posts(engine, store, [PostFile(i, drawn_picture(i, 200, 200), "jpg", "smile", "") for i in (1, 2, 3)])
     real_decode = crop_module.decode_image
 
-    def decode_failing_on_post_2(path: str, **options: int) -> DecodedImage:
-        if Path(path).read_bytes() == drawn_picture(2, 200, 200):
+    def decode_failing_on_post_2(data: bytes, **options: int) -> DecodedImage:
+        if data == drawn_picture(2, 200, 200):
             raise RuntimeError("a bug met on this one file")
-        return real_decode(path, **options)
+        return real_decode(data, **options)
 
     monkeypatch.setattr(crop_module, "decode_image", decode_failing_on_post_2)
     settings = CropSettings(detector=make_detector_spec("whole"))

@@ -116,7 +116,8 @@ def test_split_by_post_and_related_pictures_with_originals_only_in_test(
     )
     for row in rows:  # files_root leads from the snapshot folder to the home's files
         assert sha256_file(folder / dataset["files_root"] / row["file"]) == row["sha256"]
-    assert list(rows[0]) == ["file", "sha256", "label", "split", "post_id", "crop_id", "kind"]
+    assert list(rows[0]) == ["file", "sha256", "label", "label_index", "split", "post_id", "crop_id", "kind"]
+    assert all(row["label_index"] == CLASSES.index(row["label"]) for row in rows)
 
 
 def _augmentations_of_test_crops(engine: Engine, rows: list[dict[str, Any]]) -> int:

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect
+from tests.test_cli import run_cli
 
 from animexpr.db.identity import STORE_ID_FILE, bind_store
 from animexpr.db.session import open_db
 from animexpr.errors import DatabaseOpenError
-from tests.test_cli import run_cli
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
     for fragment in fragments:
         assert fragment in lines[0]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from animexpr.model.data import (
     load_snapshot,
     resolve_snapshot,
 )
+from animexpr.store import sha256_bytes
 
 
 def test_snapshot_loads_classes_splits_and_files(snapshot_dir: Path) -> None:
@@ -99,3 +102,53 @@ def test_balanced_sampling_draws_classes_evenly() -> None:
 def test_fixed_sample_picks_every_class_in_turn() -> None:
     labels = torch.tensor([0, 0, 0, 1, 2, 2])
     assert fixed_sample_indices(labels, 4, 3) == [0, 3, 4, 1]
+
+
+def _rewrite(folder: Path, edit_row: Callable[[dict[str, Any]], dict[str, Any]], **changes: Any) -> None:
+    """Edit every manifest line and dataset.json, keeping dataset.json's manifest_sha256 consistent."""
+    rows = [edit_row(json.loads(line)) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    manifest = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    (folder / "manifest.jsonl").write_bytes(manifest)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset |= {"manifest_sha256": sha256_bytes(manifest), **changes}
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+
+
+def _swapped(folder: Path) -> list[str]:
+    classes = json.loads((folder / "dataset.json").read_text())["classes"]
+    return [classes[1], classes[0], *classes[2:]]
+
+
+def test_a_reordered_class_list_is_refused_naming_dataset_json(snapshot_dir: Path) -> None:
+    assert load_snapshot(snapshot_dir).classes  # bound: every line says where its label stands
+    _rewrite(snapshot_dir, lambda row: row, classes=_swapped(snapshot_dir))
+    with pytest.raises(SnapshotError, match=r"dataset\.json: its classes do not match manifest\.jsonl"):
+        load_snapshot(snapshot_dir)
+
+
+def test_a_snapshot_without_label_index_still_loads_and_its_class_order_is_still_checked(
+    snapshot_dir: Path,
+) -> None:
+    _rewrite(snapshot_dir, lambda row: {k: v for k, v in row.items() if k != "label_index"})
+    assert len(load_snapshot(snapshot_dir).records) == 24
+    _rewrite(snapshot_dir, lambda row: row, classes=_swapped(snapshot_dir))
+    with pytest.raises(SnapshotError, match="comes after a later class"):
+        load_snapshot(snapshot_dir)
+
+
+@pytest.mark.parametrize("file", ["../outside.png", "/etc/passwd", "files/../../x.png", "files\\x.png"])
+def test_a_path_outside_the_snapshot_folder_is_refused(snapshot_dir: Path, file: str) -> None:
+    _rewrite(snapshot_dir, lambda row: row | {"file": file})
+    with pytest.raises(SnapshotError, match=r"manifest\.jsonl line 1: file .* is not"):
+        load_snapshot(snapshot_dir)
+
+
+def test_an_empty_image_file_is_one_line(snapshot_dir: Path) -> None:
+    snapshot = load_snapshot(snapshot_dir)
+    record = snapshot.split("train")[0]
+    snapshot.path_of(record).write_bytes(b"")
+    with pytest.raises(SnapshotError, match="sha256") as checked:
+        decode_records(snapshot, [record], image_size=32)
+    with pytest.raises(SnapshotError, match="empty_file") as unchecked:
+        decode_records(snapshot, [record], image_size=32, verify=False)
+    assert "\n" not in str(checked.value) + str(unchecked.value)

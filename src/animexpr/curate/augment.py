@@ -9,6 +9,9 @@ What it guarantees:
 - The plan grows monotonically with the target (divisor-method apportionment, round-robin over a seeded crop
   order), so raising the target only adds images and running it again adds nothing.
 - Each image records its source crop, recipe version, seed and what albumentations actually applied.
+- A crop is read only after its bytes are checked against its recorded sha256: a corrupt or empty crop file
+  is left out, counted (`corrupt_file`) and named in a warning, never augmented.
+- One expand per home at a time (`hold_home_lock`): a second is refused with one line.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import os
 import random
 import signal
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -45,7 +49,8 @@ from animexpr.curate.dedup import (
 from animexpr.db.models import Augmentation, Expansion
 from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
-from animexpr.store import FileStore
+from animexpr.homelock import hold_home_lock
+from animexpr.store import CorruptFileError, FileStore, UnsafePathError
 from animexpr.workers import default_workers, pool_context
 
 if TYPE_CHECKING:
@@ -153,8 +158,15 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def decode_crop(data: bytes) -> np.ndarray:
-    """A crop file (our own PNG) as a 3-channel array; channel order is kept through to encode_png."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    """A crop file (our own PNG) as a 3-channel array; channel order is kept through to encode_png.
+
+    ValueError, with a short reason, for anything OpenCV cannot decode (it asserts on empty input)."""
+    if not data:
+        raise ValueError("the file is empty (0 bytes)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ValueError(f"not a decodable image ({exc.err or exc})") from exc
     if image is None:
         raise ValueError("not a decodable image")
     return image
@@ -272,6 +284,7 @@ def plan_expansion(
 class CropJob:
     crop_id: int
     crop_relpath: str
+    crop_sha256: str  # recorded when the crop was made: the file is checked against it before use
     variants: tuple[tuple[int, int], ...]  # (variant index, item seed)
 
 
@@ -284,28 +297,43 @@ class AugmentedFile:
     params: dict[str, Any]
 
 
+CORRUPT_FILE = "corrupt_file"  # the crop file no longer has its recorded sha256 (or is not a store path)
+UNREADABLE = "unreadable"  # the crop file has its sha256 but cannot be decoded
+
+
 @dataclass(frozen=True)
 class JobResult:
     crop_id: int
     planned: int  # variants the job was asked for
     files: tuple[AugmentedFile, ...] = ()
-    error: str | None = None
+    error: str | None = None  # the file and what is wrong with it
+    reason: str | None = None  # CORRUPT_FILE or UNREADABLE when there is an error
+    read_s: float = 0.0  # reading the crop and checking its sha256 (per batch: on the batch's first result)
 
 
 def run_batch(jobs: Sequence[CropJob], recipe: Compose, store: FileStore) -> list[JobResult]:
     """Make every variant of a few crops (each decoded once), then store all their PNGs together.
 
     Storing them in one `put_many` shares the fsyncs, which otherwise cost more than making the image.
-    A crop file that cannot be read is a result with an error, not an exception.
+    A crop file that is corrupt or cannot be read is a result with an error and its reason, not an exception.
     """
-    errors: dict[int, str] = {}
+    errors: dict[int, tuple[str, str]] = {}  # crop id -> (reason, message)
     blobs: list[tuple[bytes, str]] = []
     made: list[tuple[int, int, dict[str, Any]]] = []  # (crop id, variant index, params) of each blob
+    read_s = 0.0
     for job in jobs:
+        started = time.perf_counter()
         try:
-            image = decode_crop(store.abspath(job.crop_relpath).read_bytes())
-        except (OSError, ValueError) as exc:
-            errors[job.crop_id] = f"{job.crop_relpath}: {exc}"
+            data = store.read_verified(job.crop_relpath, job.crop_sha256)
+        except (CorruptFileError, UnsafePathError) as exc:
+            errors[job.crop_id] = (CORRUPT_FILE, str(exc))
+            continue
+        finally:
+            read_s += time.perf_counter() - started
+        try:
+            image = decode_crop(data)
+        except ValueError as exc:
+            errors[job.crop_id] = (UNREADABLE, f"{job.crop_relpath}: {exc}")
             continue
         for variant_index, seed in job.variants:
             augmented, applied = apply_recipe(recipe, image, seed)
@@ -316,10 +344,14 @@ def run_batch(jobs: Sequence[CropJob], recipe: Compose, store: FileStore) -> lis
         made, store.put_many("augmented", blobs), strict=True
     ):
         files[crop_id].append(AugmentedFile(crop_id, variant_index, stored.relpath, stored.sha256, params))
-    return [
-        JobResult(job.crop_id, len(job.variants), tuple(files[job.crop_id]), errors.get(job.crop_id))
-        for job in jobs
-    ]
+    results = []
+    for position, job in enumerate(jobs):
+        reason, error = errors.get(job.crop_id, (None, None))
+        batch_read_s = read_s if position == 0 else 0.0
+        results.append(
+            JobResult(job.crop_id, len(job.variants), tuple(files[job.crop_id]), error, reason, batch_read_s)
+        )
+    return results
 
 
 def batches(jobs: Sequence[CropJob], images: int = IMAGES_PER_BATCH) -> list[tuple[CropJob, ...]]:
@@ -380,8 +412,10 @@ class ExpandSummary:
     dedup: DedupSummary
     created: int = 0
     already_there: int = 0
-    failed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # one message per crop left out, naming its file
+    corrupt: int = 0  # of the failed: crop files that no longer have their recorded sha256
     interrupted: bool = False
+    read_s: float = 0.0  # reading crops and checking their sha256, summed over workers
 
     @property
     def complete(self) -> bool:
@@ -406,7 +440,10 @@ def _missing_jobs(
         if (crop_id, variant_index) not in done:
             seed = item_seed(plan.seed, by_id[crop_id].sha256, variant_index)
             wanted[crop_id].append((variant_index, seed))
-    return [CropJob(crop_id, by_id[crop_id].file_relpath, tuple(v)) for crop_id, v in sorted(wanted.items())]
+    return [
+        CropJob(crop_id, by_id[crop_id].file_relpath, by_id[crop_id].sha256, tuple(v))
+        for crop_id, v in sorted(wanted.items())
+    ]
 
 
 def _save(engine: Engine, files: list[AugmentedFile], seed: int) -> None:
@@ -466,7 +503,25 @@ def expand(
     max_distance: int = DEFAULT_MAX_DISTANCE,
     progress: ProgressCallback | None = None,
 ) -> ExpandSummary:
-    """Bring de-duplication up to date, then make the augmented images the plan still lacks."""
+    """Bring de-duplication up to date, then make the augmented images the plan still lacks.
+
+    Holds the home's expand lock throughout: a second expand on the same home gets `HomeBusyError`.
+    """
+    with hold_home_lock(store.home, "expand"):
+        return _expand(engine, store, settings, target, balance, seed, workers, max_distance, progress)
+
+
+def _expand(
+    engine: Engine,
+    store: FileStore,
+    settings: Settings,
+    target: int,
+    balance: Balance,
+    seed: int,
+    workers: int | None,
+    max_distance: int,
+    progress: ProgressCallback | None,
+) -> ExpandSummary:
     workers = default_workers() if workers is None else max(1, workers)
     dedup = update_duplicates(engine, store, max_distance, workers=workers)
     with Session(engine) as session:
@@ -482,9 +537,11 @@ def expand(
     made = 0
     try:
         for result in run_jobs(jobs, store, workers):
+            summary.read_s += result.read_s
             if result.error:
-                log.warning("cannot augment crop %d: %s", result.crop_id, result.error)
-                summary.failed.append(result.error)
+                log.warning("%s: crop %d left out: %s", result.reason, result.crop_id, result.error)
+                summary.failed.append(f"{result.reason}: {result.error}")
+                summary.corrupt += result.reason == CORRUPT_FILE
             pending.extend(result.files)
             made += result.planned
             if len(pending) >= _INSERT_BATCH:

@@ -11,6 +11,10 @@ Faces whose crop would be upscaled more than 2x are skipped (`--min-face`). Very
 a reduced copy and the boxes mapped back. The label belongs to the post, not to a face, so with several faces
 the policy (`FacePolicy`) decides, and each crop records the policy and how many faces were found.
 
+Each original is checked against the sha256 recorded when it was harvested before it is decoded: bytes that
+differ (another post's picture written over it, a flipped bit) are the outcome `corrupt_file`, never cropped
+into the post's class.
+
 Work is spread over processes: each worker decodes, detects, crops, encodes and stores the PNG (the store's
 writes are atomic and content-addressed, so workers never collide); the parent alone writes database rows, in
 small batches, each committed after its files exist. Ctrl-C commits what is finished and stops.
@@ -52,7 +56,7 @@ from animexpr.db.models import Crop, CropAttempt, CropState, Post, PostState
 from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
 from animexpr.images import DEFAULT_MAX_PIXELS, MISSING_FILE, ImageDecodeError, decode_image, encode_png
-from animexpr.store import FileStore
+from animexpr.store import CorruptFileError, FileStore, UnsafePathError
 from animexpr.workers import default_workers, pool_context
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,8 @@ class CropOutcome(StrEnum):
     FACE_TOO_SMALL = "face_too_small"
     GREYSCALE = "greyscale"
     NO_LABEL = "no_label"
+    # The stored original no longer has the sha256 recorded at harvest, or its path is not a store path.
+    CORRUPT_FILE = "corrupt_file"
     # Counted but not recorded, so that the next run tries the post again: an unexpected failure on this
     # one post (logged with its message).
     CROP_ERROR = "crop_error"
@@ -307,7 +313,8 @@ def make_detector_spec(
 @dataclass(frozen=True)
 class CropJob:
     post_id: int
-    path: str
+    relpath: str  # the original, in the store
+    file_sha256: str | None  # recorded at harvest; None for posts harvested before it was recorded
     label: str | None
 
 
@@ -329,6 +336,7 @@ class CropResult:
     faces_found: int = 0
     crops: tuple[FaceCrop, ...] = ()
     detect_s: float = 0.0  # time spent in the detector itself
+    read_s: float = 0.0  # time spent reading the original and checking its sha256
 
 
 class PostCropper:
@@ -352,23 +360,32 @@ class PostCropper:
     def _crop(self, job: CropJob) -> CropResult:
         if job.label is None:
             return CropResult(job.post_id, None, CropOutcome.NO_LABEL, "the post has no class")
+        started = time.perf_counter()
         try:
-            image = decode_image(job.path, max_pixels=self.settings.max_pixels)
+            data = self._read_original(job)
+        except (CorruptFileError, UnsafePathError) as exc:
+            return CropResult(job.post_id, job.label, CropOutcome.CORRUPT_FILE, str(exc))
+        except OSError as exc:
+            return CropResult(job.post_id, job.label, MISSING_FILE, f"cannot read {job.relpath}: {exc}")
+        read_s = time.perf_counter() - started
+        try:
+            image = decode_image(data, max_pixels=self.settings.max_pixels)
         except ImageDecodeError as exc:
-            return CropResult(job.post_id, job.label, exc.reason, exc.detail)
+            return CropResult(job.post_id, job.label, exc.reason, exc.detail, read_s=read_s)
         if not self.settings.keep_greyscale and image.is_greyscale():
-            return CropResult(job.post_id, job.label, CropOutcome.GREYSCALE, f"{image.mode} {image.format}")
+            detail = f"{image.mode} {image.format}"
+            return CropResult(job.post_id, job.label, CropOutcome.GREYSCALE, detail, read_s=read_s)
         started = time.perf_counter()
         faces = self.detect(image.rgb)
         detect_s = time.perf_counter() - started
         chosen = choose_faces(faces, self.settings.faces, self.settings.dominance)
         if not faces:
-            return CropResult(job.post_id, job.label, CropOutcome.NO_FACE, None, 0, (), detect_s)
+            return CropResult(job.post_id, job.label, CropOutcome.NO_FACE, None, 0, (), detect_s, read_s)
         if not chosen:
             sides = ", ".join(str(f.side) for f in sorted(faces, key=lambda f: -f.side))
             detail = f"{len(faces)} faces (sides {sides} px), policy {self.settings.faces}"
             return CropResult(
-                job.post_id, job.label, CropOutcome.SEVERAL_FACES, detail, len(faces), (), detect_s
+                job.post_id, job.label, CropOutcome.SEVERAL_FACES, detail, len(faces), (), detect_s, read_s
             )
         min_face = self.settings.effective_min_face
         crops = tuple(self._store_crop(image.rgb, i, face) for i, face in chosen if face.side >= min_face)
@@ -376,11 +393,24 @@ class PostCropper:
             largest = max(face.side for _, face in chosen)
             detail = f"largest face {largest} px < --min-face {min_face} px"
             return CropResult(
-                job.post_id, job.label, CropOutcome.FACE_TOO_SMALL, detail, len(faces), (), detect_s
+                job.post_id, job.label, CropOutcome.FACE_TOO_SMALL, detail, len(faces), (), detect_s, read_s
             )
         skipped = len(chosen) - len(crops)
         note = f"{skipped} faces under {min_face} px skipped" if skipped else None
-        return CropResult(job.post_id, job.label, CropOutcome.CROPPED, note, len(faces), crops, detect_s)
+        return CropResult(
+            job.post_id, job.label, CropOutcome.CROPPED, note, len(faces), crops, detect_s, read_s
+        )
+
+    def _read_original(self, job: CropJob) -> bytes:
+        """The original's bytes, checked against the sha256 recorded at harvest when there is one."""
+        if job.file_sha256 is None:
+            return self.store.abspath(job.relpath).read_bytes()
+        try:
+            return self.store.read_verified(job.relpath, job.file_sha256)
+        except CorruptFileError as exc:
+            if exc.problem == "missing":
+                raise FileNotFoundError(exc.problem) from None  # retried: the store may get it back
+            raise
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return detect_faces(self.detector, self.settings, rgb)
@@ -531,15 +561,14 @@ class CropSummary:
     interrupted: bool = False
     elapsed_s: float = 0.0
     detect_s: float = 0.0  # summed over posts (over workers when parallel)
+    read_s: float = 0.0  # reading originals and checking their sha256, summed the same way
 
 
-def pending_jobs(
-    engine: Engine, store: FileStore, settings_key: str, limit: int | None = None
-) -> list[CropJob]:
+def pending_jobs(engine: Engine, settings_key: str, limit: int | None = None) -> list[CropJob]:
     """Downloaded posts not yet cropped with these settings, oldest first."""
     attempted = exists().where(CropAttempt.post_id == Post.id, CropAttempt.settings_key == settings_key)
     query = (
-        select(Post.id, Post.file_relpath, Post.class_name)
+        select(Post.id, Post.file_relpath, Post.file_sha256, Post.class_name)
         .where(Post.state == PostState.DOWNLOADED, Post.file_relpath.is_not(None), ~attempted)
         .order_by(Post.id)
     )
@@ -547,9 +576,7 @@ def pending_jobs(
         query = query.limit(limit)
     with session_scope(engine) as session:
         rows = session.execute(query).all()
-    return [
-        CropJob(post_id, str(store.abspath(relpath)), label) for post_id, relpath, label in rows if relpath
-    ]
+    return [CropJob(post_id, relpath, sha256, label) for post_id, relpath, sha256, label in rows if relpath]
 
 
 def crop_posts(
@@ -567,7 +594,7 @@ def crop_posts(
     """
     started = time.perf_counter()
     key = settings.settings_key
-    jobs = pending_jobs(engine, store, key, limit)
+    jobs = pending_jobs(engine, key, limit)
     summary = CropSummary(settings_key=key, total=len(jobs))
     workers = max(1, min(workers or default_workers(), len(jobs) or 1))
 
@@ -584,6 +611,7 @@ def crop_posts(
         for result in results:
             summary.outcomes[result.outcome] += 1
             summary.detect_s += result.detect_s
+            summary.read_s += result.read_s
             writer.add(result)
             if progress is not None:
                 progress.advance(result)
@@ -618,6 +646,8 @@ class _ResultWriter:
             # either way the next run tries again.
             log.warning("post %d: %s: %s", result.post_id, result.outcome, result.detail)
             return
+        if result.outcome == CropOutcome.CORRUPT_FILE:  # recorded, and worth the user's eye
+            log.warning("post %d: %s: %s", result.post_id, result.outcome, result.detail)
         self.buffer.append(result)
         if len(self.buffer) >= _FLUSH_EVERY or time.monotonic() - self.last_flush > _FLUSH_SECONDS:
             self.flush()

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from animexpr.db.models import Crop, CropState, Post
 from animexpr.db.session import session_scope
-from animexpr.store import FileStore
+from animexpr.store import CorruptFileError, FileStore, UnsafePathError
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,13 @@ def hamming(a: int, b: int) -> int:
 
 
 def hash_png(data: bytes) -> int:
-    """The perceptual hash of an encoded image (a crop file's bytes)."""
-    grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    """The perceptual hash of an encoded image (a crop file's bytes); ValueError when it cannot be decoded."""
+    if not data:
+        raise ValueError("the file is empty (0 bytes)")  # OpenCV would raise its own assertion error
+    try:
+        grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error as exc:
+        raise ValueError(f"not a decodable image ({exc.err or exc})") from exc
     if grey is None:
         raise ValueError("not a decodable image")
     return perceptual_hash(grey)
@@ -272,35 +277,45 @@ class DedupSummary:
     clustered_crops: int
     changed: int  # crops whose cluster changed in this run
     max_distance: int
+    corrupt: int = 0  # of the unreadable: files that no longer have their recorded sha256 (corrupt_file)
 
 
-def _hash_file(store: FileStore, relpath: str) -> int | None:
+_CORRUPT = "corrupt_file"
+_UNREADABLE = "unreadable"
+
+
+def _hash_file(store: FileStore, relpath: str, sha256: str) -> int | str:
+    """The crop's perceptual hash, or why there is none (`corrupt_file` or `unreadable`, logged)."""
     try:
-        return hash_png(store.abspath(relpath).read_bytes())
+        return hash_png(store.read_verified(relpath, sha256))
+    except (CorruptFileError, UnsafePathError) as exc:
+        log.warning("corrupt_file: crop %s left out of dedup: %s", relpath, exc)
+        return _CORRUPT
     except (OSError, ValueError) as exc:
         log.warning("cannot hash crop %s: %s", relpath, exc)
-        return None
+        return _UNREADABLE
 
 
 def _hash_missing(
     engine: Engine, store: FileStore, progress: ProgressCallback | None, workers: int
-) -> tuple[int, int]:
-    """Hash every pending or accepted crop that has no hash yet; returns (hashed, unreadable)."""
+) -> tuple[int, int, int]:
+    """Hash every pending or accepted crop that has no hash yet; returns (hashed, unreadable, corrupt)."""
     with Session(engine) as session:
         todo = session.execute(
-            select(Crop.id, Crop.file_relpath).where(
+            select(Crop.id, Crop.file_relpath, Crop.sha256).where(
                 Crop.phash.is_(None), Crop.state.in_([CropState.PENDING, CropState.ACCEPTED])
             )
         ).all()
-    hashed = unreadable = 0
+    hashed = unreadable = corrupt = 0
     batch: list[dict[str, object]] = []
     # OpenCV decodes and resizes without the GIL, so threads are enough to use every core here.
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        results = pool.map(lambda row: (row[0], _hash_file(store, row[1])), todo)
+        results = pool.map(lambda row: (row[0], _hash_file(store, row[1], row[2])), todo)
         for done, (crop_id, phash) in enumerate(results, start=1):
-            if phash is None:
+            if isinstance(phash, str):
                 unreadable += 1
+                corrupt += phash == _CORRUPT
             else:
                 hashed += 1
                 batch.append({"id": crop_id, "phash": hash_to_hex(phash)})
@@ -312,7 +327,7 @@ def _hash_missing(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: stop soon, keep the hashes made
         _write(engine, batch)
-    return hashed, unreadable
+    return hashed, unreadable, corrupt
 
 
 def _write(engine: Engine, rows: Sequence[Mapping[str, object]]) -> None:
@@ -334,7 +349,7 @@ def update_duplicates(
     """
     if not 0 <= max_distance < _BITS:
         raise ValueError(f"max_distance must be between 0 and {_BITS - 1}, not {max_distance}")
-    hashed, unreadable = _hash_missing(engine, store, progress, workers)
+    hashed, unreadable, corrupt = _hash_missing(engine, store, progress, workers)
     with Session(engine) as session:
         live = load_crop_facts(session, [CropState.PENDING, CropState.ACCEPTED])
         rejected_in_clusters = session.execute(
@@ -361,6 +376,7 @@ def update_duplicates(
         clustered_crops=sum(1 for cluster in wanted.values() if cluster is not None),
         changed=len(changes),
         max_distance=max_distance,
+        corrupt=corrupt,
     )
     log.info(
         "dedup: %d crops, %d hashed now, %d in %d clusters, %d changed",

@@ -66,7 +66,9 @@ def dedup_command(ctx: typer.Context, max_distance: MaxDistance = DEFAULT_MAX_DI
     console.print(
         f"{summary.crops} crops, {summary.hashed} hashed now, {summary.clustered_crops} in "
         f"{summary.clusters} duplicate clusters (max distance {summary.max_distance}), "
-        f"{summary.changed} changed" + (f", {summary.unreadable} unreadable" if summary.unreadable else "")
+        f"{summary.changed} changed"
+        + (f", {summary.unreadable} unreadable" if summary.unreadable else "")
+        + (f" ({summary.corrupt} corrupt_file: see the warnings)" if summary.corrupt else "")
     )
 
 
@@ -123,8 +125,9 @@ def expand_command(
     if summary.failed:
         for problem in summary.failed[:10]:
             err_console.print(f"[yellow]skipped[/] {problem}", highlight=False)
+        corrupt = f" ({summary.corrupt} corrupt_file)" if summary.corrupt else ""
         raise AnimexprError(
-            f"{len(summary.failed)} crops could not be augmented; fix or reject them, then rerun"
+            f"{len(summary.failed)} crops could not be augmented{corrupt}; fix or reject them, then rerun"
         )
 
 

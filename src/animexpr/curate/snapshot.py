@@ -1,8 +1,8 @@
 """Frozen snapshots: exactly what a model is trained and tested on, as files that never change.
 
 `HOME/snapshots/NAME/manifest.jsonl` lists every image (one JSON object a line: file, sha256, label,
-split, post_id, crop_id, kind) and `dataset.json` summarises it; the manifest's sha256 is the snapshot's
-identity.
+label_index, split, post_id, crop_id, kind) and `dataset.json` summarises it; the manifest's sha256 is the
+snapshot's identity, and what training reads from dataset.json is bound to it (`animexpr.snapshot_format`).
 The model room reads only these two files.
 
 - Train/test is split by source post, stratified by class: all crops of a post, and every crop that shows the
@@ -12,10 +12,16 @@ The model room reads only these two files.
 - Later review changes never alter a snapshot: the manifest copies label and split, crop and augmentation
   files are content-addressed (a file's bytes never change under its name) and nothing deletes a file a
   snapshot references (`referenced_files`).
+- Every file is checked against its recorded sha256 before it is listed: a snapshot with a corrupt file is
+  refused as a whole, naming the files, because a frozen snapshot must not quietly lose images.
+- Nothing half-made survives a kill: `create` writes a hidden folder and renames it in the same transaction
+  that records it (a kill between the two leaves a folder that the next `create` of that name adopts when its
+  manifest is what it would write, else replaces); `export` writes a hidden sibling and renames it at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,20 +63,36 @@ from animexpr.curate.dedup import (
 from animexpr.db.models import Augmentation, Expansion, Snapshot, SnapshotItem
 from animexpr.db.session import current_revision, session_scope
 from animexpr.errors import AnimexprError
-from animexpr.store import FileStore, atomic_write_bytes, sha256_bytes, sha256_file
+from animexpr.homelock import hold_home_lock
+from animexpr.snapshot_format import (
+    DATASET_FILE,
+    HOME_FILES_ROOT,
+    MANIFEST_FILE,
+    LabelledLine,
+    class_binding_problem,
+    class_mismatch_message,
+    file_path_problem,
+)
+from animexpr.store import (
+    CorruptFileError,
+    FileStore,
+    UnsafePathError,
+    atomic_write_bytes,
+    sha256_bytes,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.jsonl"
-DATASET_FILE = "dataset.json"
 METADATA_FILE = "metadata.jsonl"
 SNAPSHOTS_DIR = "snapshots"
-HOME_FILES_ROOT = "../.."  # from HOME/snapshots/NAME to HOME, where the manifest's paths start
 DEFAULT_TEST_FRACTION = 0.1
 SPLITS = ("train", "test")
 KINDS = ("original", "augmented")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PARTIAL_PREFIX = ".partial-"
+_CHECK_THREADS = 4  # hashlib releases the GIL on large buffers: threads hash files in parallel
+_LISTED_PROBLEMS = 5  # files named in a one-line refusal; the log names every one
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -88,12 +111,13 @@ class ManifestItem:
     crop_id: int
     kind: str
     augmentation_id: int | None = None  # in the database only; the manifest does not need it
+    label_index: int | None = None  # the label's position in dataset.json's classes (None: an old manifest)
 
     def line(self) -> str:
-        record = {
-            "file": self.file,
-            "sha256": self.sha256,
-            "label": self.label,
+        record: dict[str, Any] = {"file": self.file, "sha256": self.sha256, "label": self.label}
+        if self.label_index is not None:
+            record["label_index"] = self.label_index
+        record |= {
             "split": self.split,
             "post_id": self.post_id,
             "crop_id": self.crop_id,
@@ -104,9 +128,10 @@ class ManifestItem:
     @classmethod
     def from_line(cls, line: str) -> ManifestItem:
         record = json.loads(line)
-        return cls(
-            **{key: record[key] for key in ("file", "sha256", "label", "split", "post_id", "crop_id", "kind")}
-        )
+        fields = {
+            key: record[key] for key in ("file", "sha256", "label", "split", "post_id", "crop_id", "kind")
+        }
+        return cls(**fields, label_index=record.get("label_index"))
 
 
 def manifest_bytes(items: Iterable[ManifestItem]) -> bytes:
@@ -114,9 +139,45 @@ def manifest_bytes(items: Iterable[ManifestItem]) -> bytes:
 
 
 def read_manifest(folder: Path) -> tuple[bytes, list[ManifestItem]]:
-    data = (folder / MANIFEST_FILE).read_bytes()
-    items = [ManifestItem.from_line(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    """The manifest's bytes and items; `SnapshotError` naming the file and line when it cannot be read."""
+    path = folder / MANIFEST_FILE
+    try:
+        data = path.read_bytes()
+        lines = data.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"{path}: cannot be read ({exc})") from exc
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(ManifestItem.from_line(line))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SnapshotError(f"{path} line {number}: not a manifest line ({exc!r})") from exc
     return data, items
+
+
+def classes_problem(folder: Path, dataset: dict[str, Any], items: Sequence[ManifestItem]) -> str | None:
+    """Why dataset.json's classes disagree with the manifest (they would remap labels), or None."""
+    classes = dataset.get("classes")
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        return f"{folder / DATASET_FILE}: 'classes' is not a list of names"
+    lines = (
+        LabelledLine(number, item.label, item.label_index, item.split)
+        for number, item in enumerate(items, start=1)
+    )
+    problem = class_binding_problem(classes, lines)
+    return None if problem is None else class_mismatch_message(folder / DATASET_FILE, problem)
+
+
+def path_problem(folder: Path, dataset: dict[str, Any], items: Sequence[ManifestItem]) -> str | None:
+    """The first manifest path that is not of the snapshot's own shape (never to be opened), or None."""
+    files_root = str(dataset.get("files_root", "."))
+    for number, item in enumerate(items, start=1):
+        problem = file_path_problem(item.file, files_root)
+        if problem is not None:
+            return f"{folder / MANIFEST_FILE} line {number}: {problem}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,20 +303,38 @@ def collect_content(
     split = assign_splits(
         crops, related_groups(crops, max_distance), settings.class_names, test_fraction, seed
     )
+    class_index = {name: index for index, name in enumerate(settings.class_names)}
     items: list[ManifestItem] = []
     for crop in crops:
-        side = split[crop.id]
+        side, index = split[crop.id], class_index[crop.label]
         items.append(
-            ManifestItem(crop.file_relpath, crop.sha256, crop.label, side, crop.post_id, crop.id, "original")
+            ManifestItem(
+                crop.file_relpath,
+                crop.sha256,
+                crop.label,
+                side,
+                crop.post_id,
+                crop.id,
+                "original",
+                None,
+                index,
+            )
         )
         if side == "train":
             items += [
                 ManifestItem(
-                    row.file_relpath, row.sha256, crop.label, side, crop.post_id, crop.id, "augmented", row.id
+                    row.file_relpath,
+                    row.sha256,
+                    crop.label,
+                    side,
+                    crop.post_id,
+                    crop.id,
+                    "augmented",
+                    row.id,
+                    index,
                 )
                 for row in sorted(planned.get(crop.id, []), key=lambda row: row.variant_index)
             ]
-    class_index = {name: index for index, name in enumerate(settings.class_names)}
     items.sort(
         key=lambda i: (
             SPLITS.index(i.split),
@@ -303,6 +382,7 @@ class SnapshotInfo:
     counts: dict[str, Any]
     created_at: datetime
     folder: Path
+    check_s: float = 0.0  # of the create: checking every file against its recorded sha256
 
 
 def create_snapshot(
@@ -316,20 +396,45 @@ def create_snapshot(
     """Freeze the current accepted, de-duplicated crops and their planned augmentations under NAME."""
     _check_name(name)
     folder = snapshot_folder(settings, name)
-    with Session(engine) as session:
-        if session.scalar(select(Snapshot.id).where(Snapshot.name == name)) is not None:
+    # One create per home at a time: the leftovers of an interrupted one are then safe to clean.
+    with hold_home_lock(settings.home, "snapshot"):
+        with Session(engine) as session:
+            if session.scalar(select(Snapshot.id).where(Snapshot.name == name)) is not None:
+                raise SnapshotError(
+                    f"snapshot {name!r} exists already; snapshots never change: pick another name"
+                )
+        _remove_partials(folder)
+        orphan = folder.exists()
+        if orphan and not _left_by_create(folder, name):
             raise SnapshotError(
-                f"snapshot {name!r} exists already; snapshots never change: pick another name"
+                f"{folder} exists but is no snapshot animexpr left: move it away or pick another name"
             )
-    if folder.exists():
-        raise SnapshotError(
-            f"{folder} exists but the database has no snapshot {name!r} (left by an interrupted create?): "
-            "remove the folder or pick another name"
-        )
-    content = collect_content(engine, store, settings, test_fraction, seed)
-    manifest = manifest_bytes(content.items)
+        content = collect_content(engine, store, settings, test_fraction, seed)
+        started = time.perf_counter()
+        check_stored_files(store, content.items)
+        check_s = time.perf_counter() - started
+        manifest = manifest_bytes(content.items)
+        counts = count_items(content.items, settings.class_names)
+        info = None
+        if orphan:
+            info = _adopt(engine, folder, manifest, content.items, counts, settings.class_names)
+        if info is None:
+            info = _freeze(engine, settings, folder, content, manifest, counts, test_fraction, seed)
+        return dataclasses.replace(info, check_s=check_s)
+
+
+def _freeze(
+    engine: Engine,
+    settings: Settings,
+    folder: Path,
+    content: SnapshotContent,
+    manifest: bytes,
+    counts: dict[str, Any],
+    test_fraction: float,
+    seed: int,
+) -> SnapshotInfo:
+    """Write the folder and the database record of a new snapshot, both or neither."""
     manifest_sha256 = sha256_bytes(manifest)
-    counts = count_items(content.items, settings.class_names)
     created_at = datetime.now(UTC)
     snapshot_settings = {
         "test_fraction": test_fraction,
@@ -337,12 +442,13 @@ def create_snapshot(
         "split_by": "source post; near-duplicates of any label stay together",
         "dedup": {"hash": HASH_NAME, "max_distance": content.max_distance},
         "expansion": content.expansion,
+        "classes": list(settings.class_names),
         "class_tags": {spec.name: list(spec.tags) for spec in settings.classes},
         "animexpr_version": __version__,
         "schema_revision": current_revision(engine),
     }
     dataset = {
-        "name": name,
+        "name": folder.name,
         "classes": list(settings.class_names),
         "counts": counts["per_class"],
         "split_sizes": counts["split_sizes"],
@@ -351,26 +457,130 @@ def create_snapshot(
         "settings": snapshot_settings,
         "created_at": created_at.isoformat(),
     }
+    if folder.exists():
+        log.warning("%s was left by an interrupted create with other images: replacing it", folder)
+        _remove_tree(folder)
     partial = _write_partial(folder, manifest, dataset)
     try:
-        with session_scope(engine) as session:
-            snapshot = Snapshot(
-                name=name,
-                manifest_sha256=manifest_sha256,
-                settings=snapshot_settings,
-                counts=counts,
-                created_at=created_at,
-            )
-            session.add(snapshot)
-            session.flush()
-            session.execute(insert(SnapshotItem), [_item_row(snapshot.id, item) for item in content.items])
-            # The folder appears only when the rows are in; the rows are committed only when it is there.
-            os.rename(partial, folder)
+        _record(
+            engine,
+            folder.name,
+            manifest_sha256,
+            snapshot_settings,
+            counts,
+            created_at,
+            content.items,
+            partial,
+        )
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    log.info("snapshot %s: %d images, manifest %s", name, counts["total"], manifest_sha256)
-    return SnapshotInfo(name, manifest_sha256, counts, created_at, folder)
+    log.info("snapshot %s: %d images, manifest %s", folder.name, counts["total"], manifest_sha256)
+    return SnapshotInfo(folder.name, manifest_sha256, counts, created_at, folder)
+
+
+def _record(
+    engine: Engine,
+    name: str,
+    manifest_sha256: str,
+    snapshot_settings: dict[str, Any],
+    counts: dict[str, Any],
+    created_at: datetime,
+    items: Sequence[ManifestItem],
+    partial: Path | None,
+) -> None:
+    """The database rows of a snapshot; `partial` is renamed into place before the commit.
+
+    The folder appears only when the rows are in, and the rows are committed only when it is there; a kill
+    between the rename and the commit leaves a folder without rows, which the next create adopts.
+    """
+    with session_scope(engine) as session:
+        snapshot = Snapshot(
+            name=name,
+            manifest_sha256=manifest_sha256,
+            settings=snapshot_settings,
+            counts=counts,
+            created_at=created_at,
+        )
+        session.add(snapshot)
+        session.flush()
+        session.execute(insert(SnapshotItem), [_item_row(snapshot.id, item) for item in items])
+        if partial is not None:
+            os.rename(partial, partial.parent / name)
+
+
+def _left_by_create(folder: Path, name: str) -> bool:
+    """Whether a folder without a database record is what an interrupted create renamed into place."""
+    if not folder.is_dir() or {path.name for path in folder.iterdir()} != {MANIFEST_FILE, DATASET_FILE}:
+        return False
+    try:
+        return read_dataset(folder).get("name") == name
+    except SnapshotError:
+        return False
+
+
+def _adopt(
+    engine: Engine,
+    folder: Path,
+    manifest: bytes,
+    items: Sequence[ManifestItem],
+    counts: dict[str, Any],
+    class_names: Sequence[str],
+) -> SnapshotInfo | None:
+    """Record the folder an interrupted create left, when it holds exactly the snapshot wanted now."""
+    try:
+        dataset = read_dataset(folder)
+        same = (folder / MANIFEST_FILE).read_bytes() == manifest
+        created_at = datetime.fromisoformat(str(dataset["created_at"]))
+        snapshot_settings = dataset["settings"]
+    except (SnapshotError, OSError, KeyError, ValueError):
+        return None
+    manifest_sha256 = sha256_bytes(manifest)
+    wanted = (manifest_sha256, list(class_names), HOME_FILES_ROOT)
+    found = (dataset.get("manifest_sha256"), dataset.get("classes"), dataset.get("files_root"))
+    if not same or found != wanted or not isinstance(snapshot_settings, dict):
+        return None
+    _record(engine, folder.name, manifest_sha256, snapshot_settings, counts, created_at, items, None)
+    log.info("snapshot %s: recorded the folder an interrupted create left", folder.name)
+    return SnapshotInfo(folder.name, manifest_sha256, counts, created_at, folder)
+
+
+def _remove_partials(folder: Path) -> None:
+    """Hidden folders of this name that a killed create left before its rename."""
+    if folder.parent.is_dir():
+        for partial in folder.parent.glob(f"{_PARTIAL_PREFIX}{folder.name}-*"):
+            _remove_tree(partial)
+
+
+def _remove_tree(folder: Path) -> None:
+    folder.chmod(0o755)  # its files are read-only; the folder must be writable to empty it
+    shutil.rmtree(folder)
+
+
+def check_stored_files(
+    store: FileStore, items: Sequence[ManifestItem], workers: int = _CHECK_THREADS
+) -> None:
+    """Refuse, naming them, the files that no longer have their recorded sha256 (or are not store paths)."""
+
+    def problem(item: ManifestItem) -> str | None:
+        try:
+            store.read_verified(item.file, item.sha256)
+        except CorruptFileError as exc:
+            return f"{exc.relpath} ({exc.problem})"
+        except UnsafePathError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        corrupt = [found for found in pool.map(problem, items) if found is not None]
+    for found in corrupt:
+        log.warning("corrupt_file: %s", found)
+    if corrupt:
+        listed = "; ".join(corrupt[:_LISTED_PROBLEMS]) + ("; ..." if len(corrupt) > _LISTED_PROBLEMS else "")
+        raise SnapshotError(
+            f"{len(corrupt)} files of the snapshot are corrupt (corrupt_file), nothing written: {listed}. "
+            "Restore them from a backup, or reject their crops, then create the snapshot again"
+        )
 
 
 def _item_row(snapshot_id: int, item: ManifestItem) -> dict[str, Any]:
@@ -464,21 +674,20 @@ def verify_snapshot(
     dataset = read_dataset(folder)
     try:
         manifest, items = read_manifest(folder)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        report.problems.append(f"{MANIFEST_FILE} cannot be read: {exc}")
+    except SnapshotError as exc:
+        report.problems.append(str(exc))
         return report
     identity = sha256_bytes(manifest)
     if identity != dataset.get("manifest_sha256"):
         report.problems.append(
             f"{MANIFEST_FILE} has sha256 {identity}, dataset.json says {dataset.get('manifest_sha256')}"
         )
+    unsafe = path_problem(folder, dataset, items)
+    report.problems += [found for found in (classes_problem(folder, dataset, items), unsafe) if found]
     if engine is not None and folder == snapshot_folder(settings, folder.name):
-        with Session(engine) as session:
-            recorded = session.scalar(select(Snapshot.manifest_sha256).where(Snapshot.name == folder.name))
-        if recorded is None:
-            report.problems.append(f"the database has no snapshot {folder.name!r}")
-        elif recorded != identity:
-            report.problems.append(f"{MANIFEST_FILE} has sha256 {identity}, the database recorded {recorded}")
+        report.problems += _record_problems(engine, folder, dataset, identity)
+    if unsafe is not None:
+        return report  # a path outside the snapshot's shape is never opened
     root = folder / str(dataset.get("files_root", "."))
     report.files = len(items)
 
@@ -500,6 +709,30 @@ def verify_snapshot(
     return report
 
 
+def _record_problems(engine: Engine, folder: Path, dataset: dict[str, Any], identity: str) -> list[str]:
+    """Where a home snapshot's files disagree with what the database recorded when it was made."""
+    with Session(engine) as session:
+        row = session.execute(
+            select(Snapshot.manifest_sha256, Snapshot.settings).where(Snapshot.name == folder.name)
+        ).first()
+    if row is None:
+        return [f"the database has no snapshot {folder.name!r}"]
+    recorded, recorded_settings = row
+    problems = []
+    if recorded != identity:
+        problems.append(f"{MANIFEST_FILE} has sha256 {identity}, the database recorded {recorded}")
+    # Recorded since classes are bound to the snapshot; older records leave the check to the manifest.
+    recorded_classes = (recorded_settings or {}).get("classes")
+    if recorded_classes is not None and dataset.get("classes") != recorded_classes:
+        problems.append(
+            f"{folder / DATASET_FILE}: classes {dataset.get('classes')} differ from those recorded when the "
+            f"snapshot was made, {recorded_classes}"
+        )
+    if dataset.get("files_root") != HOME_FILES_ROOT:
+        problems.append(f"{folder / DATASET_FILE}: files_root must be {HOME_FILES_ROOT!r} in the home")
+    return problems
+
+
 @dataclass(frozen=True)
 class ExportSummary:
     folder: Path
@@ -514,7 +747,8 @@ def export_snapshot(
 
     Each split folder gets a Hugging Face ImageFolder `metadata.jsonl`; the export root gets its own
     `manifest.jsonl` and `dataset.json` (files_root "."), so the model trains from it without the home.
-    Every file is checked against its sha256 while it is copied.
+    Every file is checked against its sha256 while it is copied. The export is written into a hidden sibling
+    folder renamed to `out_dir` at the end: a killed export leaves no folder that looks usable.
     """
     folder = resolve_folder(settings, name_or_path)
     dataset = read_dataset(folder)
@@ -523,13 +757,43 @@ def export_snapshot(
         raise SnapshotError(
             f"{folder / MANIFEST_FILE} does not match its dataset.json: run `snapshot verify`"
         )
-    if out_dir.exists() and any(out_dir.iterdir()):
+    for problem in (classes_problem(folder, dataset, items), path_problem(folder, dataset, items)):
+        if problem is not None:
+            raise SnapshotError(problem)
+    out_dir = out_dir.absolute()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SnapshotError(f"{out_dir} is not empty: export into a new or empty folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out_dir.name}{_PARTIAL_PREFIX}"
+    for stale in out_dir.parent.glob(f"{prefix}*"):  # left by a killed export to the same folder
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
+    try:
+        _write_export(folder, dataset, items, partial, progress)
+        os.replace(partial, out_dir)  # onto a missing or empty folder
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    sizes = Counter(item.split for item in items)
+    return ExportSummary(out_dir, len(items), {split: sizes.get(split, 0) for split in SPLITS})
+
+
+def _write_export(
+    folder: Path,
+    dataset: dict[str, Any],
+    items: Sequence[ManifestItem],
+    out_dir: Path,
+    progress: ProgressCallback | None,
+) -> None:
     root = folder / str(dataset.get("files_root", "."))
+    class_index = {name: index for index, name in enumerate(dataset["classes"])}
     exported: list[ManifestItem] = []
     metadata: dict[str, list[str]] = {split: [] for split in SPLITS}
     for done, item in enumerate(items, start=1):
-        data = (root / item.file).read_bytes()
+        try:
+            data = (root / item.file).read_bytes()
+        except OSError as exc:
+            raise SnapshotError(f"{root / item.file}: cannot be read ({exc}): run `snapshot verify`") from exc
         if sha256_bytes(data) != item.sha256:
             raise SnapshotError(
                 f"{root / item.file} differs from the snapshot's sha256: run `snapshot verify`"
@@ -545,6 +809,7 @@ def export_snapshot(
                 item.post_id,
                 item.crop_id,
                 item.kind,
+                label_index=class_index[item.label],
             )
         )
         record = {
@@ -571,8 +836,6 @@ def export_snapshot(
         "exported_at": datetime.now(UTC).isoformat(),
     }
     atomic_write_bytes(out_dir / DATASET_FILE, _json_bytes(export_dataset))
-    sizes = Counter(item.split for item in items)
-    return ExportSummary(out_dir, len(items), {split: sizes.get(split, 0) for split in SPLITS})
 
 
 def referenced_files(session: Session) -> set[str]:

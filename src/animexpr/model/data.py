@@ -1,8 +1,12 @@
 """Snapshot manifests in, one uint8 image tensor out; batches are drawn from it on the device.
 
 The model room reads only `dataset.json` and `manifest.jsonl` (never the database), so an exported snapshot
-trains on a machine that has nothing else. Every image is decoded once; a training step only indexes the
-tensor, flips at random and draws random target labels, all on the device, without host synchronisation.
+trains on a machine that has nothing else. What it reads from dataset.json is checked against the manifest,
+whose sha256 is the snapshot's identity (`animexpr.snapshot_format`): a reordered class list or a file path
+outside the snapshot's shape is refused, never used.
+
+Every image is decoded once; a training step only indexes the tensor, flips at random and draws random target
+labels, all on the device, without host synchronisation.
 """
 
 from __future__ import annotations
@@ -20,12 +24,18 @@ from torch import Tensor
 
 from animexpr.errors import AnimexprError
 from animexpr.images import ImageDecodeError, decode_image
+from animexpr.snapshot_format import (
+    DATASET_FILE,
+    MANIFEST_FILE,
+    LabelledLine,
+    class_binding_problem,
+    class_mismatch_message,
+    file_path_problem,
+)
 from animexpr.store import sha256_bytes
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.jsonl"
-DATASET_FILE = "dataset.json"
 MAX_IMAGE_PIXELS = 40_000_000  # snapshot crops are small; anything this large is not one
 
 
@@ -85,11 +95,38 @@ def load_snapshot(folder: Path) -> Snapshot:
         raise SnapshotError(
             f"{folder / MANIFEST_FILE}: its sha256 differs from dataset.json's manifest_sha256"
         )
-    classes = tuple(dataset.get("classes") or ())
+    classes = dataset.get("classes") or ()
+    if not isinstance(classes, list | tuple) or not all(isinstance(name, str) for name in classes):
+        raise SnapshotError(f"{folder / DATASET_FILE}: 'classes' must be a list of names")
     if len(classes) < 2:
         raise SnapshotError(f"{folder / DATASET_FILE}: needs a 'classes' list of at least two names")
-    records = []
-    for number, line in enumerate(manifest_bytes.decode("utf-8").splitlines(), start=1):
+    files_root = str(dataset.get("files_root", "."))
+    records, lines = _read_records(folder, manifest_bytes, tuple(classes), files_root)
+    problem = class_binding_problem(classes, lines)
+    if problem is not None:
+        raise SnapshotError(class_mismatch_message(folder / DATASET_FILE, problem))
+    name = str(dataset.get("name", folder.name))
+    return Snapshot(
+        folder,
+        name,
+        tuple(classes),
+        (folder / files_root).resolve(),
+        tuple(records),
+        sha256_bytes(manifest_bytes),
+    )
+
+
+def _read_records(
+    folder: Path, manifest_bytes: bytes, classes: tuple[str, ...], files_root: str
+) -> tuple[list[ManifestRecord], list[LabelledLine]]:
+    """The manifest's records, and what the class binding checks of each line."""
+    try:
+        text = manifest_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SnapshotError(f"{folder / MANIFEST_FILE}: not UTF-8 ({exc})") from exc
+    records: list[ManifestRecord] = []
+    lines: list[LabelledLine] = []
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -103,14 +140,16 @@ def load_snapshot(folder: Path) -> Snapshot:
                 crop_id=row.get("crop_id"),
                 kind=row.get("kind", "original"),
             )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise SnapshotError(f"{folder / MANIFEST_FILE} line {number}: {exc!r}") from exc
         if record.label not in classes:
             raise SnapshotError(f"{folder / MANIFEST_FILE} line {number}: unknown label {record.label!r}")
+        unsafe = file_path_problem(record.file, files_root)
+        if unsafe is not None:
+            raise SnapshotError(f"{folder / MANIFEST_FILE} line {number}: {unsafe}")
         records.append(record)
-    files_root = (folder / dataset.get("files_root", ".")).resolve()
-    name = str(dataset.get("name", folder.name))
-    return Snapshot(folder, name, classes, files_root, tuple(records), sha256_bytes(manifest_bytes))
+        lines.append(LabelledLine(number, record.label, row.get("label_index"), record.split))
+    return records, lines
 
 
 def decode_face(data: bytes, image_size: int, source: str = "image") -> np.ndarray:
@@ -275,6 +314,7 @@ def write_folder_snapshot(
                 "file": relative,
                 "sha256": sha,
                 "label": label,
+                "label_index": classes.index(label),
                 "split": split,
                 "post_id": i,
                 "crop_id": i,
