@@ -45,6 +45,11 @@ def trained_home(snapshot_dir: Path, tmp_path: Path) -> Path:
     return home
 
 
+def unwrapped(output: str) -> str:
+    """The console's output with its line wrapping undone (it wraps at 80 columns under the test runner)."""
+    return output.replace("\n", "")
+
+
 def _face(tmp_path: Path, size: tuple[int, int] = (40, 40)) -> Path:
     path = tmp_path / "face.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(path)
@@ -55,6 +60,16 @@ def test_train_finds_the_snapshot_by_name_and_writes_a_run(trained_home: Path) -
     runs = list((trained_home / "runs").iterdir())
     assert [r.name for r in runs] == ["00000-snapshot-ours-no-cx"]  # named by dataset.json
     assert (runs[0] / "checkpoints" / "G_ema-0000002.safetensors").is_file()
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(trained_home: Path) -> None:
+    command = ["--home", str(trained_home), "train", "--snapshot", "faces4", "--variant", "ours-no-cx"]
+    result = CliRunner().invoke(app, [*command, *TINY_OPTIONS, "--resume", "auto"])
+    assert result.exit_code == 0, result.output
+    assert "00000-snapshot-ours-no-cx is already at iteration 2 (--iters 2): nothing to do" in unwrapped(
+        result.output
+    )
+    assert [r.name for r in (trained_home / "runs").iterdir()] == ["00000-snapshot-ours-no-cx"]
 
 
 def test_transform_to_one_class_and_to_all(trained_home: Path, tmp_path: Path) -> None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,9 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
 from animexpr.errors import AnimexprError
-from animexpr.store import atomic_write_bytes
+from animexpr.store import TEMP_PREFIX, atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 STATS_FILE = "stats.jsonl"
@@ -28,11 +34,21 @@ CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 _STATE_PATTERN = re.compile(r"^state-(\d+)\.pt$")
 _GENERATOR_PATTERN = re.compile(r"^G_ema-(\d+)\.safetensors$")
+_SAMPLE_PATTERN = re.compile(r"^(\d+)\.png$")
 _RUN_PATTERN = re.compile(r"^(\d+)-")
+_MAX_CAUSE_CHARS = 300  # of a library's error message quoted in ours: the start names the problem
 
 
 class CheckpointError(AnimexprError):
     pass
+
+
+def unusable(path: Path, what: str, exc: BaseException) -> CheckpointError:
+    """A one-line error naming `path`, with the cause (torch's messages span many lines) folded onto it."""
+    cause = " ".join(str(exc).split()) or type(exc).__name__
+    if len(cause) > _MAX_CAUSE_CHARS:
+        cause = cause[: _MAX_CAUSE_CHARS - 3] + "..."
+    return CheckpointError(f"{path}: {what} ({cause})")
 
 
 def state_path(run_dir: Path, iteration: int) -> Path:
@@ -53,7 +69,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"{path}: not a readable training state ({exc})") from exc
+        raise unusable(path, "not a readable training state", exc) from exc
     if not isinstance(state, dict) or "iteration" not in state:
         raise CheckpointError(f"{path}: not an animexpr training state")
     return state
@@ -65,13 +81,16 @@ def save_generator(path: Path, weights: dict[str, Tensor], metadata: dict[str, s
 
 
 def load_generator_file(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the generator file ({exc.strerror})") from exc
     try:
         tensors = safetensors_load(data)
         header_size = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__", {})
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a safetensors file ({exc})") from exc
+        raise unusable(path, "not a safetensors file", exc) from exc
     if "config" not in metadata or "classes" not in metadata:
         raise CheckpointError(f"{path}: safetensors file without animexpr generator metadata")
     return tensors, metadata
@@ -99,13 +118,37 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def new_run_dir(runs_root: Path, description: str) -> Path:
-    """runs_root/<next number>-<description>, as NVlabs number their runs."""
+def new_run_dir(runs_root: Path, description: str, config_json: str) -> Path:
+    """runs_root/<next number>-<description> holding config.json, as NVlabs number their runs.
+
+    The folder is filled under a hidden name and renamed into place, so that a numbered run folder always
+    has its config (a kill leaves at most a hidden `.tmp-*` folder, which no command takes for a run).
+    """
     runs_root.mkdir(parents=True, exist_ok=True)
-    numbers = [int(m.group(1)) for p in runs_root.iterdir() if (m := _RUN_PATTERN.match(p.name))]
-    run_dir = runs_root / f"{max(numbers, default=-1) + 1:05d}-{description}"
-    run_dir.mkdir()
-    return run_dir
+    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=runs_root))
+    try:
+        write_run_config(staging, config_json)
+        return _rename_to_next_number(staging, runs_root, description)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _rename_to_next_number(staging: Path, runs_root: Path, description: str) -> Path:
+    while True:
+        numbers = [int(m.group(1)) for p in runs_root.iterdir() if (m := _RUN_PATTERN.match(p.name))]
+        run_dir = runs_root / f"{max(numbers, default=-1) + 1:05d}-{description}"
+        try:
+            os.rename(staging, run_dir)  # fails on a folder with contents: another process took the number
+        except OSError:
+            if run_dir.exists():
+                continue
+            raise
+        return run_dir
+
+
+def write_run_config(run_dir: Path, config_json: str) -> None:
+    atomic_write_bytes(run_dir / CONFIG_FILE, config_json.encode("utf-8"))
 
 
 def run_dirs(runs_root: Path) -> list[Path]:
@@ -123,6 +166,47 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{run_dir}: no readable {CONFIG_FILE} ({exc})") from exc
     return values
+
+
+def discard_after(run_dir: Path, iteration: int) -> None:
+    """Make the run folder say what the run did up to `iteration` and nothing after it.
+
+    A resumed run continues from its checkpoint at `iteration`; whatever a killed process wrote later
+    (stats rows, sample grids, newer checkpoints when resuming from an older state, temporary files)
+    would otherwise stand beside what the resumed run writes again. Newer checkpoints go first, so that a
+    kill during this leaves a run whose newest checkpoint still matches its stats.
+    """
+    later = [p for i, p in training_states(run_dir) + generator_files(run_dir) if i > iteration]
+    for path in later:
+        log.warning("removing %s: the run continues from iteration %d", path, iteration)
+        path.unlink(missing_ok=True)
+    _truncate_stats(run_dir / STATS_FILE, iteration)
+    for sample_iteration, path in _numbered(run_dir / SAMPLES_DIR, _SAMPLE_PATTERN):
+        if sample_iteration > iteration:
+            path.unlink(missing_ok=True)
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / SAMPLES_DIR):
+        for leftover in folder.glob(f"{TEMP_PREFIX}*"):  # atomic writes a kill cut short
+            leftover.unlink(missing_ok=True)
+
+
+def _truncate_stats(path: Path, iteration: int) -> None:
+    """Keep the rows up to `iteration`, atomically; a row cut short by a kill is dropped too."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    rows = [(line, _stats_row_iteration(line)) for line in text.splitlines()]
+    new_text = "".join(f"{line}\n" for line, at in rows if at is not None and at <= iteration)
+    if new_text != text:
+        atomic_write_bytes(path, new_text.encode("utf-8"))
+
+
+def _stats_row_iteration(line: str) -> int | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    value = row.get("iteration") if isinstance(row, dict) else None
+    return value if isinstance(value, int) else None
 
 
 def latest_generator(path: Path) -> Path:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from animexpr.cli_common import console, get_settings
-from animexpr.model.config import VARIANTS, TrainConfig
+from animexpr.model.config import DEVICE_CHOICES, VARIANTS, TrainConfig
 
 if TYPE_CHECKING:
     from animexpr.model.transform import CropMode, Cropper
@@ -50,13 +50,20 @@ def train(
     ],
     lambda_mask: Annotated[float, _opt("Mask collapse guard weight (0: off).")] = _DEFAULTS["lambda_mask"],
     balanced: Annotated[bool, _opt("Draw classes uniformly, not by frequency.")] = _DEFAULTS["balanced"],
-    device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.")] = _DEFAULTS["device"],
+    device: Annotated[str, _opt(f"{DEVICE_CHOICES}.")] = _DEFAULTS["device"],
     precision: Annotated[str, _opt("fp32, tf32 or bf16 (autocast; GP norm and CX stay fp32).")] = _DEFAULTS[
         "precision"
     ],
     run_dir: Annotated[Path | None, _opt("Folder of numbered runs [default: HOME/runs].")] = None,
     resume: Annotated[
-        str | None, _opt("'auto' (newest run of this snapshot and variant), a run folder or a state file.")
+        str | None,
+        _opt(
+            "'auto': the newest run of this snapshot and variant; a run folder; or a state file in one. "
+            "A run continues from its newest checkpoint (or the state file given), and what it wrote after "
+            "that checkpoint is dropped; a run killed before its first checkpoint starts again from "
+            "iteration 0 in the same folder, with the settings given now. No run of this snapshot and "
+            "variant under --run-dir: 'auto' starts a new one."
+        ),
     ] = None,
     seed: Annotated[int, _opt("Random seed.")] = _DEFAULTS["seed"],
     vgg_weights: Annotated[
@@ -141,6 +148,10 @@ def train(
             f"trained {cfg.variant} to iteration {result.iteration} in {result.run_dir}; "
             f"generator {result.generator_file.name}"
         )
+    else:  # resumed a run that had already reached --iters
+        console.print(
+            f"{result.run_dir} is already at iteration {result.iteration} (--iters {iters}): nothing to do"
+        )
 
 
 def _print_parameter_counts(cfg: TrainConfig) -> None:
@@ -196,7 +207,7 @@ def transform(
     ] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("."),
     crop: Annotated[str, _opt("auto (crop non-square pictures), always or never.")] = "auto",
-    device: Annotated[str, _opt("cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, _opt(f"{DEVICE_CHOICES}.")] = "cpu",
 ) -> None:
     """Turn faces into another expression (--to CLASS) or into every one (--all)."""
     if (to is None) == (not all_classes):

@@ -30,6 +30,9 @@ VARIANTS: dict[str, VariantSpec] = {
     "ours": VariantSpec(decoder_control=True, attention_mask=True, identity_loss="contextual"),
 }
 
+# What `--device` accepts in every model command (checked by model.device.resolve_device).
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
 # Fields that only say how a run executes, not what it learns: a resumed run may change them.
 RUNTIME_FIELDS = frozenset(
     {

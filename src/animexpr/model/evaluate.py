@@ -37,8 +37,9 @@ from animexpr.errors import AnimexprError
 from animexpr.model.checkpoint import STATS_FILE
 from animexpr.model.classifier import ClassifierConfig, TrainedClassifier, snapshot_classifier
 from animexpr.model.data import ManifestRecord, Snapshot, decode_records, load_snapshot, to_model_input
+from animexpr.model.device import resolve_device
 from animexpr.model.grid import save_png
-from animexpr.model.inception import FEATURE_PIPELINE, INCEPTION_SHA256, InceptionFeatures, pick_device
+from animexpr.model.inception import FEATURE_PIPELINE, INCEPTION_SHA256, InceptionFeatures
 from animexpr.model.metrics import FeatureCache, fid, identity_measures, kid
 from animexpr.model.networks import Discriminator, parameter_counts
 from animexpr.model.transform import LoadedGenerator, load_generator
@@ -300,7 +301,7 @@ def evaluate_run(
     options = options or EvalOptions()
     started = time.perf_counter()
     run_dir = resolve_run_dir(run)
-    device = pick_device(options.device)
+    device = resolve_device(options.device)
     loaded = load_generator(checkpoint or run, device)
     snapshot = load_snapshot(snapshot_folder or Path(loaded.config.data))
     if tuple(snapshot.classes) != tuple(loaded.classes):

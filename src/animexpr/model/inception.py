@@ -39,6 +39,7 @@ from torch import Tensor
 
 from animexpr.config import user_cache_dir
 from animexpr.errors import AnimexprError
+from animexpr.model.device import resolve_device
 from animexpr.store import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
@@ -169,12 +170,6 @@ def _not_found_message(cached: Path) -> str:
     )
 
 
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resize_tf1_bilinear(x: Tensor, size: int = INPUT_SIZE) -> Tensor:
     """TensorFlow 1 `resize_bilinear(align_corners=False)`: output pixel j samples input j * in / out.
 
@@ -212,7 +207,7 @@ class InceptionFeatures:
         fetch: bool = True,
     ) -> None:
         self.weights = resolve_inception(weights, fetch=fetch)
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript loading

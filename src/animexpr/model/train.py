@@ -37,6 +37,7 @@ from animexpr.model.data import (
     load_snapshot,
     to_model_input,
 )
+from animexpr.model.device import resolve_device
 from animexpr.model.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -91,18 +92,6 @@ def ema_weight(cfg: TrainConfig, g_step: int) -> float:
     """Weight of the new generator in the EMA; the warm-up keeps a short run's EMA from staying near init."""
     beta = min(cfg.ema_beta, (1 + g_step) / (10 + g_step))
     return 1.0 - beta
-
-
-def select_device(spec: str, info: DistInfo) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise AnimexprError("--device cuda: no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank)
-    return device
 
 
 def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
@@ -496,49 +485,69 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _find_resumable_run(runs_root: Path, cfg: TrainConfig) -> Path | None:
+def _newest_run_of(runs_root: Path, cfg: TrainConfig) -> Path | None:
+    """The newest run folder of this snapshot and variant, with or without a checkpoint."""
     for run_dir in reversed(ckpt.run_dirs(runs_root)):
         try:
             saved = ckpt.read_run_config(run_dir)
         except ckpt.CheckpointError:
             continue
-        same_data = Path(saved.get("data", "")).resolve() == Path(cfg.data).resolve()
-        if same_data and saved.get("variant") == cfg.variant and ckpt.training_states(run_dir):
+        if _same_data_and_variant(saved, cfg):
             return run_dir
     return None
+
+
+def _same_data_and_variant(saved: dict[str, Any], cfg: TrainConfig) -> bool:
+    same_data = Path(str(saved.get("data", ""))).resolve() == Path(cfg.data).resolve()
+    return same_data and saved.get("variant") == cfg.variant
+
+
+def _resume_target(cfg: TrainConfig, runs_root: Path, resume: str | None) -> tuple[Path | None, Path | None]:
+    """The run folder named by --resume (None: a new run) and the state file it names, if it names one."""
+    if resume is None:
+        return None, None
+    if resume == "auto":
+        return _newest_run_of(runs_root, cfg), None
+    path = Path(resume)
+    if path.is_file():
+        if path.parent.name != ckpt.CHECKPOINT_DIR:
+            raise AnimexprError(f"--resume {resume}: not in the {ckpt.CHECKPOINT_DIR}/ folder of a run")
+        return path.parent.parent, path
+    if path.is_dir():
+        return path, None
+    raise AnimexprError(f"--resume {resume}: neither 'auto', a run folder nor a state file")
 
 
 def _resolve_run(
     cfg: TrainConfig, runs_root: Path, resume: str | None, description: str
 ) -> tuple[Path, TrainConfig, Path | None]:
-    """Decide the run folder, the effective config and the state file to resume from (rank 0 only)."""
-    run_dir: Path | None = None
-    state_file: Path | None = None
-    if resume == "auto":
-        run_dir = _find_resumable_run(runs_root, cfg)
-    elif resume:
-        path = Path(resume)
-        if path.is_file():
-            state_file, run_dir = path, path.parent.parent
-        elif path.is_dir():
-            run_dir = path
-        else:
-            raise AnimexprError(f"--resume {resume}: neither 'auto', a run folder nor a state file")
+    """Decide the run folder, the effective config and the state file to resume from (rank 0 only).
+
+    A run without a checkpoint has learned nothing that was kept: resuming it starts it again from
+    iteration 0 in the same folder, with the settings given now.
+    """
+    run_dir, state_file = _resume_target(cfg, runs_root, resume)
     if run_dir is None:
-        run_dir = ckpt.new_run_dir(runs_root, description)
-        (run_dir / ckpt.CONFIG_FILE).write_text(cfg.to_json(), encoding="utf-8")
-        return run_dir, cfg, None
+        return ckpt.new_run_dir(runs_root, description, cfg.to_json()), cfg, None
+    saved_values = ckpt.read_run_config(run_dir)  # a folder without config.json is no run
     if state_file is None:
         states = ckpt.training_states(run_dir)
         if not states:
-            raise AnimexprError(f"{run_dir}: no checkpoints/state-*.pt to resume from")
+            if not _same_data_and_variant(saved_values, cfg):
+                raise AnimexprError(
+                    f"{run_dir}: a run of {saved_values.get('variant')} on {saved_values.get('data')} "
+                    "without a checkpoint; start a new run instead"
+                )
+            log.info("%s has no checkpoint yet: starting it again from iteration 0", run_dir)
+            ckpt.write_run_config(run_dir, cfg.to_json())
+            return run_dir, cfg, None
         state_file = states[-1][1]
-    saved = TrainConfig.from_dict(ckpt.read_run_config(run_dir))
+    saved = TrainConfig.from_dict(saved_values)
     ignored = saved.learning_differences(cfg)
     if ignored:
         log.warning("resuming %s with its saved settings; ignoring changed %s", run_dir, ", ".join(ignored))
     effective = saved.with_runtime(cfg)
-    (run_dir / ckpt.CONFIG_FILE).write_text(effective.to_json(), encoding="utf-8")
+    ckpt.write_run_config(run_dir, effective.to_json())
     return run_dir, effective, state_file
 
 
@@ -635,12 +644,12 @@ def _train(
 ) -> TrainResult:
     snapshot = load_snapshot(Path(cfg.data))
     manifest_sha256 = snapshot.manifest_sha256
+    device = resolve_device(cfg.device, info.local_rank)  # before any folder is made for the run
     decision = None
     if info.is_main:
         description = f"{snapshot.name}-{cfg.variant}".replace("/", "_")
         decision = _resolve_run(cfg, runs_root, resume, description)
     run_dir, cfg, state_file = broadcast_object(decision, info)
-    device = select_device(cfg.device, info)
     configure_backends(cfg, device)
 
     train_records = snapshot.split("train")
@@ -656,13 +665,10 @@ def _train(
 
     trainer = Trainer(cfg, batches, device, info, _load_vgg(cfg, vgg_download))
     if state_file is not None:
-        state = ckpt.load_training_state(state_file)
-        if state.get("manifest_sha256") != manifest_sha256:
-            raise AnimexprError(f"{state_file} was trained on another snapshot than {cfg.data}")
-        trainer.load_state_dict(state)
-        _restore_rank_rng(state, trainer)
+        _load_checked_state(trainer, state_file, manifest_sha256, cfg)
         log.info("resumed %s at iteration %d", run_dir, trainer.iteration)
     if info.is_main:
+        ckpt.discard_after(run_dir, trainer.iteration)  # what a killed process wrote after its checkpoint
         counts = trainer.parameter_counts()
         log.info(
             "%s: %d training images, %d classes, parameters %s, device %s, %s%s",
@@ -688,6 +694,17 @@ def _train(
         writer.last_generator if writer else None,
         interrupted,
     )
+
+
+def _load_checked_state(trainer: Trainer, state_file: Path, manifest_sha256: str, cfg: TrainConfig) -> None:
+    state = ckpt.load_training_state(state_file)
+    if state.get("manifest_sha256") != manifest_sha256:
+        raise AnimexprError(f"{state_file} was trained on another snapshot than {cfg.data}")
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise ckpt.unusable(state_file, "does not fit the networks of its run's config.json", exc) from exc
+    _restore_rank_rng(state, trainer)
 
 
 def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | None) -> bool:

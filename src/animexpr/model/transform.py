@@ -18,9 +18,10 @@ import torch
 
 from animexpr.errors import AnimexprError
 from animexpr.images import ImageDecodeError, decode_image
-from animexpr.model.checkpoint import latest_generator, load_generator_file
+from animexpr.model.checkpoint import latest_generator, load_generator_file, unusable
 from animexpr.model.config import TrainConfig
 from animexpr.model.data import resize_square
+from animexpr.model.device import resolve_device
 from animexpr.model.grid import save_png, translation_grid
 from animexpr.model.networks import Generator
 
@@ -47,17 +48,19 @@ class LoadedGenerator:
 
 def load_generator(checkpoint: Path, device: str | torch.device = "cpu") -> LoadedGenerator:
     """The EMA generator from a G_ema-*.safetensors file, a run folder or a folder of runs (newest)."""
+    target = resolve_device(device)  # a missing GPU is one line, before any file is read
     path = latest_generator(Path(checkpoint))
     weights, metadata = load_generator_file(path)
-    config = TrainConfig.from_json(metadata["config"])
-    classes = tuple(json.loads(metadata["classes"]))
-    generator = Generator(len(classes), config.spec, config)
-    generator.load_state_dict(weights)
+    try:
+        config = TrainConfig.from_json(metadata["config"])
+        classes = tuple(str(name) for name in json.loads(metadata["classes"]))
+        iteration = int(metadata.get("iteration", 0))
+        generator = Generator(len(classes), config.spec, config)
+        generator.load_state_dict(weights)
+    except (RuntimeError, ValueError, TypeError, KeyError, AnimexprError) as exc:  # tampered or foreign
+        raise unusable(path, "not a usable animexpr generator", exc) from exc
     generator.requires_grad_(False).eval()
-    target = torch.device(device)
-    return LoadedGenerator(
-        generator.to(target), classes, config, int(metadata.get("iteration", 0)), path, target
-    )
+    return LoadedGenerator(generator.to(target), classes, config, iteration, path, target)
 
 
 def to_tensor(faces: Sequence[np.ndarray], image_size: int, device: torch.device) -> torch.Tensor:
