@@ -40,6 +40,14 @@ _EYE_COLOURS: tuple[Colour, ...] = (
 )  # fmt: skip
 _HAIR_STYLES = ("short", "long", "twintails", "spiky")
 _ACCESSORIES = ("none", "ribbon", "hairclip", "hat")
+# Where each brow's inner end (toward the nose) and outer end sit, in eye heights below the neutral line:
+# angry brows slant down to the centre, sad ones rise at the centre, surprised ones are raised high.
+BROW_DROP: dict[str, tuple[float, float]] = {
+    "angry": (0.45, -0.3),
+    "sad": (-0.45, 0.15),
+    "smile": (-0.05, -0.05),
+    "surprised": (-0.55, -0.45),
+}
 _INK: Colour = (40, 28, 30)
 _TEAR: Colour = (120, 190, 255)
 _BLUSH: Colour = (255, 150, 160)
@@ -350,12 +358,8 @@ class _Painter:
         x, y = self.eye_x(side), self.brow_y
         w = who.eye_width * 1.1
         inner_x, outer_x = x - side * w, x + side * w
-        inner_y, outer_y = {
-            "angry": (y + who.eye_height * 0.45, y - who.eye_height * 0.3),
-            "sad": (y - who.eye_height * 0.45, y + who.eye_height * 0.15),
-            "smile": (y - who.eye_height * 0.05, y - who.eye_height * 0.05),
-            "surprised": (y - who.eye_height * 0.55, y - who.eye_height * 0.45),
-        }[expression]
+        inner_drop, outer_drop = BROW_DROP[expression]
+        inner_y, outer_y = y + inner_drop * who.eye_height, y + outer_drop * who.eye_height
         middle_y = min(inner_y, outer_y) - who.eye_height * 0.1
         self._stroke([(inner_x, inner_y), (x, middle_y), (outer_x, outer_y)], who.eye_width * 0.2)
 
