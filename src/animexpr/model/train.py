@@ -47,7 +47,7 @@ from animexpr.model.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from animexpr.model.grid import save_png, translation_grid
+from animexpr.model.grid import grid_labels, save_png, translation_grid
 from animexpr.model.losses import (
     classification_loss,
     contextual_loss,
@@ -580,7 +580,7 @@ class _RunWriter:
     def save_samples(self) -> Path:
         outputs, masks = self.trainer.translate(self.fixed_inputs)
         path = self.run_dir / ckpt.SAMPLES_DIR / f"{self.trainer.iteration:07d}.png"
-        save_png(translation_grid(self.fixed_inputs, outputs, masks), path)
+        save_png(translation_grid(self.fixed_inputs, outputs, masks, grid_labels(self.classes)), path)
         return path
 
     def save_checkpoint(self, rng_by_rank: list[Any]) -> None:

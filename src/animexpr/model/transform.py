@@ -22,7 +22,7 @@ from animexpr.model.checkpoint import latest_generator, load_generator_file, unu
 from animexpr.model.config import TrainConfig
 from animexpr.model.data import resize_square
 from animexpr.model.device import resolve_device
-from animexpr.model.grid import save_png, translation_grid
+from animexpr.model.grid import grid_labels, save_png, translation_grid
 from animexpr.model.networks import Generator
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ def transform_images(
                 save_png(translation_grid(outputs[0], [], None), out)
             else:
                 out = out_dir / f"{stem}-all.png"
-                save_png(translation_grid(x, outputs, masks), out)
+                labels = grid_labels([loaded.classes[t] for t in targets])
+                save_png(translation_grid(x, outputs, masks, labels), out)
             written.append(out)
     return written
