@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ def test_demo_runs_every_stage_with_the_expected_counts(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "draws simple cartoon faces" in result.stdout
+    assert "draws cartoon faces itself" in result.stdout
+    assert "expression accuracy" in result.stdout  # what the model learned, on drawn faces it never saw
     assert "skipping `evaluate`" in result.stdout  # an empty cache: the demo stays offline
 
     status = json.loads(_cli(env, home, "status", "--json"))
@@ -35,7 +37,10 @@ def test_demo_runs_every_stage_with_the_expected_counts(tmp_path: Path) -> None:
     assert status["posts"]["skipped"] == BAD_KINDS_PER_CLASS * CLASSES
     rejected = downloaded // 10
     assert status["crops"] == {"pending": 0, "accepted": downloaded - rejected, "rejected": rejected}
-    assert status["augmented"] == downloaded - rejected  # expand doubles the accepted originals
+    # expand doubles the accepted originals, counting near-duplicate drawings once
+    distinct = _distinct_accepted_crops(home / "animexpr.sqlite3")
+    assert status["augmented"] == 2 * (downloaded - rejected) - distinct
+    assert distinct >= (downloaded - rejected) * 0.9
     assert status["snapshots"] == ["demo"]
 
     dataset = json.loads((home / "snapshots" / "demo" / "dataset.json").read_text())
@@ -54,6 +59,14 @@ def test_demo_runs_every_stage_with_the_expected_counts(tmp_path: Path) -> None:
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(_cli(env, home, "status", "--json"))["posts"]["downloaded"] == 4 * CLASSES
+
+
+def _distinct_accepted_crops(database: Path) -> int:
+    """Accepted crops, a cluster of near-duplicates counted once (what `expand` counts as originals)."""
+    with sqlite3.connect(database) as connection:
+        query = "SELECT id, duplicate_cluster FROM crops WHERE state = 'accepted'"
+        rows = connection.execute(query).fetchall()
+    return len({cluster if cluster is not None else -crop_id for crop_id, cluster in rows})
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from animexpr.harvest import cli as harvest_cli
 from animexpr.model import cli as model_cli
 from animexpr.model import eval_cli
 from animexpr.status import collect_status
+from animexpr.testing import benchmark_cli
 
 app = typer.Typer(
     name="animexpr",
@@ -130,7 +131,7 @@ def status(
     console.print(f"snapshots: {', '.join(report['snapshots']) or 'none'}")
 
 
-for room in (harvest_cli, curate_cli, model_cli, eval_cli, demo):
+for room in (harvest_cli, curate_cli, model_cli, eval_cli, benchmark_cli, demo):
     room.register(app)
 
 

@@ -3,38 +3,43 @@
 Every step is the real command a user would type, run against the demo's own home folder and printed as such:
 harvest -> crop -> review (a scripted decision file through `review import`) -> dedup/expand -> snapshot ->
 train (a small `ours` model) -> transform -> evaluate.
+
+The model learns expressions from drawn faces (testing/faces.py), whose true answer for every translation is
+known, so the demo ends by saying how well its model changes expressions on faces it never saw. With real
+faces (ANIMEXPR_ASSETS) those go through the dataset stages, and the model still trains on drawn faces: no
+expression-labelled real faces can be had offline.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from animexpr.cli_common import console, get_settings
 from animexpr.errors import AnimexprError
 from animexpr.harvest.fakebooru import serve_fake_danbooru
+from animexpr.testing.faces import EXPRESSIONS, random_identity, render
 
 DEMO_MARKER = ".animexpr-demo"
-FACES_DRAWN_PER_CLASS = 150
-# Small enough for a 2-core CPU in a few minutes, big enough that every stage has real work.
-TINY_MODEL_OPTIONS = (
-    "--image-size", "64", "--batch", "8", "--g-conv-dim", "16", "--g-res-blocks", "2",
-    "--att-res-blocks", "2", "--d-conv-dim", "16", "--d-repeat-num", "4", "--mapping-dim", "64",
-    "--style-dim", "16", "--log-every", "50", "--sample-every", "100", "--ckpt-every", "100000",
-    "--precision", "fp32",
-)  # fmt: skip
+RENDERED_SNAPSHOT = (
+    "rendered-snapshot"  # the drawn faces the model trains on, when the pipeline ran on real ones
+)
+# Identities the demo's model is scored on, and those its expression classifier learns from: never trained on.
+SCORED_IDENTITIES = 24
+DEMO_ITERS = 600
+DRAWN_FACE_PX = 128
+CLASSIFIER_IDENTITIES = 200
 
 
 @dataclass(frozen=True)
@@ -49,23 +54,27 @@ def demo(
     home: Annotated[
         Path, typer.Option(help="Demo home folder (emptied first if it holds an earlier demo).")
     ] = Path("animexpr-demo"),
-    per_class: Annotated[int, typer.Option(min=4, help="Posts per class on the local server.")] = 30,
-    iters: Annotated[int, typer.Option(min=10, help="Training iterations of the small model.")] = 300,
+    per_class: Annotated[int, typer.Option(min=4, help="Posts per class on the local server.")] = 100,
+    iters: Annotated[
+        int, typer.Option(min=10, help="Training iterations of the small model (see `benchmark synthetic`).")
+    ] = DEMO_ITERS,
     evaluate: Annotated[bool, typer.Option(help="Score the model with FID/KID at the end.")] = True,
 ) -> None:
     """Run the whole pipeline offline on a local Danbooru-compatible server (what `make demo` runs)."""
     sizes = DemoSizes(per_class=per_class, iters=iters, expand_factor=2.0)
-    class_names = get_settings(ctx).class_names
     _prepare_home(home)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="animexpr-demo-") as scratch:
-        faces_dir = _demo_images(Path(scratch), class_names)
-        with serve_fake_danbooru(
-            per_class=sizes.per_class, class_tags=class_names, faces_dir=faces_dir
-        ) as url:
+        real_faces = _real_faces()
+        faces_dir = real_faces or _drawn_faces(Path(scratch), sizes.per_class)
+        classes = get_settings(ctx).class_names if real_faces else EXPRESSIONS
+        with serve_fake_danbooru(per_class=sizes.per_class, class_tags=classes, faces_dir=faces_dir) as url:
             console.print(f"[bold]local Danbooru-compatible server[/] at {url}")
-            _run_pipeline(home, url, sizes, evaluate)
-    _print_where(home, time.monotonic() - started)
+            step = _Stepper(home, None if real_faces else classes)
+            _build_dataset(step, home, url, sizes)
+            snapshot = _rendered_snapshot(home) if real_faces else "demo"
+            run = _train_and_show(step, home, snapshot, sizes, evaluate)
+    _print_where(home, run, time.monotonic() - started)
 
 
 def _prepare_home(home: Path) -> None:
@@ -77,89 +86,36 @@ def _prepare_home(home: Path) -> None:
     (home / DEMO_MARKER).write_text("made by `animexpr demo`; safe to delete\n")
 
 
-def _demo_images(scratch: Path, class_names: tuple[str, ...]) -> Path:
-    """Real anime faces from ANIMEXPR_ASSETS when set; otherwise faces drawn here, and the demo says which."""
+def _real_faces() -> Path | None:
+    """Real anime face crops from ANIMEXPR_ASSETS when set (each character stands in for a class)."""
     assets = os.environ.get("ANIMEXPR_ASSETS")
-    if assets and (Path(assets) / "faces").is_dir():
-        console.print(
-            f"images: real anime face crops from {Path(assets) / 'faces'}; each character folder stands in "
-            "for one expression class"
-        )
-        return Path(assets) / "faces"
+    if not (assets and (Path(assets) / "faces").is_dir()):
+        return None
     console.print(
-        "images: ANIMEXPR_ASSETS is not set, so the demo draws simple cartoon faces itself, "
-        "one expression per class"
+        f"images: real anime face crops from {Path(assets) / 'faces'}; each character folder stands in for "
+        "one class in the dataset stages. The model then trains on drawn faces, the only expression-labelled "
+        "faces to be had offline."
+    )
+    return Path(assets) / "faces"
+
+
+def _drawn_faces(scratch: Path, per_class: int) -> Path:
+    """Drawn faces, one identity each, in the expression of its class folder (JPEG, as Danbooru serves)."""
+    console.print(
+        "images: ANIMEXPR_ASSETS is not set, so the demo draws cartoon faces itself: each a different "
+        "person, in the expression of its class"
     )
     faces_dir = scratch / "faces"
-    for index, name in enumerate(class_names):
-        folder = faces_dir / name
+    for index, expression in enumerate(EXPRESSIONS):
+        folder = faces_dir / expression
         folder.mkdir(parents=True)
-        for k in range(FACES_DRAWN_PER_CLASS):
-            (folder / f"{k:04d}.jpg").write_bytes(draw_face(index, seed=index * 1000 + k))
+        for k in range(per_class):
+            picture = render(random_identity(index * 100_000 + k), expression, DRAWN_FACE_PX).image
+            Image.fromarray(picture).save(folder / f"{k:05d}.jpg", quality=92)
     return faces_dir
 
 
-def draw_face(expression: int, seed: int, size: int = 256) -> bytes:
-    """A simple cartoon face as JPEG bytes; `expression` 0-3: angry, sad, smiling, surprised.
-
-    Position, size, colours, background and tilt vary with the seed, so that no two faces are near-duplicates.
-    """
-    rng = random.Random(seed)
-    image = Image.new("RGB", (size, size), _colour(rng, 120, 256))
-    draw = ImageDraw.Draw(image)
-    for _ in range(4):  # background shapes
-        x, y, w = rng.randrange(size), rng.randrange(size), rng.randrange(20, size // 2)
-        draw.rectangle((x, y, x + w, y + rng.randrange(20, size // 2)), fill=_colour(rng, 80, 256))
-    r = rng.randrange(size // 4, size // 3 + 8)
-    cx, cy = size // 2 + rng.randrange(-24, 25), size // 2 + rng.randrange(-16, 17)
-    draw.ellipse(
-        (cx - r - 14, cy - r - 24, cx + r + 14, cy + r // rng.choice((1, 2))), fill=_colour(rng, 0, 220)
-    )
-    draw.ellipse(
-        (cx - r, cy - r, cx + r, cy + r), fill=(255, rng.randrange(200, 235), rng.randrange(180, 215))
-    )
-    eye, eye_r = _colour(rng, 0, 256), max(8, r // 6)
-    for side in (-1, 1):
-        ex = cx + side * r // 2
-        draw.ellipse(
-            (ex - eye_r, cy - eye_r, ex + eye_r, cy + eye_r + 4), fill="white", outline="black", width=2
-        )
-        draw.ellipse((ex - eye_r // 2, cy - eye_r // 2, ex + eye_r // 2, cy + eye_r), fill=eye)
-        _draw_brow(draw, expression % 4, ex, cy - eye_r - 12, side)
-    _draw_mouth(draw, expression % 4, cx, cy + r // 2)
-    image = image.rotate(
-        rng.uniform(-12, 12), resample=Image.Resampling.BICUBIC, fillcolor=_colour(rng, 120, 256)
-    )
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue()
-
-
-def _colour(rng: random.Random, low: int, high: int) -> tuple[int, int, int]:
-    return (rng.randrange(low, high), rng.randrange(low, high), rng.randrange(low, high))
-
-
-def _draw_brow(draw: ImageDraw.ImageDraw, expression: int, x: int, y: int, side: int) -> None:
-    tilt = {0: 8, 1: -8, 2: 0, 3: 0}[expression] * side
-    lift = -10 if expression == 3 else 0
-    draw.line((x - 16, y + lift - tilt, x + 16, y + lift + tilt), fill="black", width=4)
-    if expression == 1:  # tears
-        draw.ellipse((x - 4, y + 50, x + 4, y + 66), fill=(90, 160, 255))
-
-
-def _draw_mouth(draw: ImageDraw.ImageDraw, expression: int, x: int, y: int) -> None:
-    if expression == 0:
-        draw.line((x - 20, y, x + 20, y), fill="black", width=4)
-    elif expression == 1:
-        draw.arc((x - 20, y, x + 20, y + 24), 200, 340, fill="black", width=4)
-    elif expression == 2:
-        draw.arc((x - 24, y - 20, x + 24, y + 12), 20, 160, fill="black", width=4)
-    else:
-        draw.ellipse((x - 10, y - 10, x + 10, y + 16), fill=(120, 30, 40), outline="black", width=3)
-
-
-def _run_pipeline(home: Path, url: str, sizes: DemoSizes, evaluate: bool) -> None:
-    step = _Stepper(home)
+def _build_dataset(step: _Stepper, home: Path, url: str, sizes: DemoSizes) -> None:
     step.run("init")
     step.run(
         "harvest",
@@ -186,16 +142,97 @@ def _run_pipeline(home: Path, url: str, sizes: DemoSizes, evaluate: bool) -> Non
     target = int(counts["accepted"] * sizes.expand_factor)
     step.run("expand", "--target", str(target))
     step.run("snapshot", "create", "demo", "--test-fraction", "0.15")
+
+
+def _rendered_snapshot(home: Path) -> str:
+    """A snapshot folder of drawn faces for the model, beside the real faces' snapshot."""
+    from animexpr.testing.benchmark import (
+        SMALL_CONFIG,
+        TEST_SEED_BASE,
+        TRAIN_SEED_BASE,
+        identities,
+        write_benchmark_snapshot,
+    )
+
+    folder = home / RENDERED_SNAPSHOT
+    console.rule("[bold]drawn faces for the model", align="left")
+    write_benchmark_snapshot(
+        folder, identities(TRAIN_SEED_BASE, 400), identities(TEST_SEED_BASE, 8), SMALL_CONFIG["image_size"]
+    )
+    console.print(f"{folder}: 400 drawn training faces, one expression each")
+    return str(folder)
+
+
+def _train_and_show(step: _Stepper, home: Path, snapshot: str, sizes: DemoSizes, evaluate: bool) -> Path:
     step.run(
-        "train", "--snapshot", "demo", "--variant", "ours", "--iters", str(sizes.iters), "--vgg-random",
-        "--device", "cpu", *TINY_MODEL_OPTIONS,
+        "train", "--snapshot", snapshot, "--variant", "ours", "--iters", str(sizes.iters), "--vgg-random",
+        "--device", "cpu", *_small_model_options(),
     )  # fmt: skip
     run = newest_run(home)
-    test_face = first_test_image(home)
+    test_face = first_test_image(Path(snapshot) if snapshot != "demo" else home / "snapshots" / "demo")
     step.run("transform", str(test_face), "--all", "--checkpoint", str(run), "-o", str(home / "transformed"))
+    _report_what_it_learned(run)
     if evaluate and _inception_available():
         step.run("evaluate", str(run), "--device", "cpu", "--classifier-epochs", "5", "--batch", "16")
     step.run("status")
+    return run
+
+
+def _small_model_options() -> list[str]:
+    """The benchmark's small configuration as `train` options (its `iters` is the demo's own)."""
+    from animexpr.testing.benchmark import SMALL_CONFIG
+
+    options = []
+    for name, value in SMALL_CONFIG.items():
+        if name != "iters":
+            options += [f"--{name.replace('_', '-')}", str(value)]
+    return [*options, "--log-every", "100", "--sample-every", "250", "--ckpt-every", "100000"]
+
+
+def _report_what_it_learned(run: Path) -> None:
+    """Expression accuracy and identity error of the run on drawn faces it never saw, and their scale."""
+    import torch
+
+    from animexpr.testing.benchmark import (
+        CLASSIFIER_SEED_BASE,
+        SMALL_CONFIG,
+        TEST_SEED_BASE,
+        identities,
+        identity_translator,
+        render_truth,
+        score_run,
+        score_translator,
+        train_render_classifier,
+    )
+
+    console.rule("[bold]what the model learned", align="left")
+    started = time.monotonic()
+    device = torch.device("cpu")
+    scored = identities(TEST_SEED_BASE + 1_000, SCORED_IDENTITIES)
+    truth = render_truth(scored, SMALL_CONFIG["image_size"])
+    classifier = train_render_classifier(
+        identities(CLASSIFIER_SEED_BASE, CLASSIFIER_IDENTITIES),
+        SMALL_CONFIG["image_size"],
+        device,
+        test=truth,
+    )
+    model = score_run(run, scored, classifier, device)
+    unchanged = score_translator(identity_translator, truth, classifier, device)
+    console.print(
+        f"on {SCORED_IDENTITIES} drawn faces it never saw, each turned into the 3 other expressions "
+        f"({model.pairs} translations):"
+    )
+    console.print(
+        f"  expression accuracy [bold]{model.expression_accuracy:.2f}[/] (chance 0.25; a face left unchanged "
+        f"scores {unchanged.expression_accuracy:.2f}), judged by a classifier trained on other drawn faces "
+        f"(right on {classifier.test_accuracy:.0%} of the true drawings)"
+    )
+    console.print(
+        f"  distance to the true drawing (L1, 0-1): {model.l1:.3f} overall and {model.l1_outside:.3f} "
+        f"outside the expression region (a face left unchanged: {unchanged.l1:.3f} and "
+        f"{unchanged.l1_outside:.3f})"
+    )
+    console.print(f"[dim]({time.monotonic() - started:.1f} s)[/]")
 
 
 def _inception_available() -> bool:
@@ -214,16 +251,20 @@ def _inception_available() -> bool:
 class _Stepper:
     """Runs one real `animexpr` command in this process and shows it as the user would type it."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, classes: Sequence[str] | None) -> None:
         self.home = home
+        # Drawn faces come in the renderer's expressions, whatever classes the user's settings name.
+        self.global_options = ["--home", str(home)]
+        if classes is not None:
+            self.global_options += ["--classes", ",".join(classes)]
 
     def run(self, *args: str) -> None:
         from animexpr.cli import app  # the root app, imported late: it imports this module
 
-        shown = " ".join(_shorten(arg) for arg in args)
-        console.rule(f"[bold]$ animexpr --home {self.home} {shown}", align="left")
+        shown = " ".join(_shorten(arg) for arg in [*self.global_options, *args])
+        console.rule(f"[bold]$ animexpr {shown}", align="left")
         started = time.monotonic()
-        result = app(args=["--home", str(self.home), *args], standalone_mode=False)
+        result = app(args=[*self.global_options, *args], standalone_mode=False)
         if isinstance(result, int) and result != 0:
             raise AnimexprError(f"demo step `{args[0]}` failed with status {result}")
         console.print(f"[dim]({time.monotonic() - started:.1f} s)[/]")
@@ -258,17 +299,17 @@ def newest_run(home: Path) -> Path:
     return runs[-1]
 
 
-def first_test_image(home: Path) -> Path:
-    manifest = home / "snapshots" / "demo" / "manifest.jsonl"
-    for line in manifest.read_text(encoding="utf-8").splitlines():
+def first_test_image(snapshot: Path) -> Path:
+    """The first test image of a snapshot folder (in the home, or an export-style folder)."""
+    files_root = snapshot / json.loads((snapshot / "dataset.json").read_text(encoding="utf-8"))["files_root"]
+    for line in (snapshot / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
         item = json.loads(line)
         if item["split"] == "test":
-            return home / item["file"]
-    raise AnimexprError("the demo snapshot has no test image")
+            return files_root / item["file"]
+    raise AnimexprError(f"the snapshot {snapshot} has no test image")
 
 
-def _print_where(home: Path, seconds: float) -> None:
-    run = newest_run(home)
+def _print_where(home: Path, run: Path, seconds: float) -> None:
     grids = sorted((run / "samples").glob("*.png")) if (run / "samples").is_dir() else []
     console.rule("[bold green]demo finished")
     console.print(f"took {seconds / 60:.1f} min")

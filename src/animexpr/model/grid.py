@@ -53,8 +53,9 @@ def grid_labels(classes: Sequence[str]) -> list[str]:
 
 def _header(labels: Sequence[str], column_width: int) -> np.ndarray:
     """A white strip with each label centred over its column."""
-    font = ImageFont.load_default(size=max(9, min(16, column_width // 7)))
-    height = round(font.size * 1.6)
+    font_size = max(9, min(16, column_width // 7))
+    font = ImageFont.load_default(size=font_size)
+    height = round(font_size * 1.6)
     strip = Image.new("RGB", (column_width * len(labels), height), "white")
     draw = ImageDraw.Draw(strip)
     for index, label in enumerate(labels):
