@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from animexpr.cli import app
+from animexpr.model.grid import header_height
 from animexpr.model.transform import faces_of
 
 TINY_OPTIONS = [
@@ -87,7 +88,8 @@ def test_transform_to_one_class_and_to_all(trained_home: Path, tmp_path: Path) -
         app, ["--home", str(trained_home), "transform", str(face), "--all", "-o", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert Image.open(out / "face-all.png").size == (32 * 5, 32 * 2)  # input + 4 classes; images and masks
+    # input + 4 classes; images and masks, under the column labels
+    assert Image.open(out / "face-all.png").size == (32 * 5, header_height(32) + 32 * 2)
 
 
 def test_transform_refuses_an_unknown_class_and_a_missing_choice(trained_home: Path, tmp_path: Path) -> None:

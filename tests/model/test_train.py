@@ -43,9 +43,12 @@ def test_every_variant_trains_a_few_iterations(variant: str, snapshot_dir: Path,
 def test_sample_grid_has_inputs_by_every_class_and_the_masks(snapshot_dir: Path, tmp_path: Path) -> None:
     from PIL import Image
 
+    from animexpr.model.grid import header_height
+
     result = train(tiny_config(snapshot_dir, sample_count=3, iters=2), tmp_path / "runs")
     grid = Image.open(result.run_dir / "samples" / "0000002.png")
-    assert grid.size == (32 * (1 + 4), 32 * 3 * 2)  # input + 4 classes; an image row and a mask row each
+    # input + 4 classes; an image row and a mask row each, under the column labels
+    assert grid.size == (32 * (1 + 4), header_height(32) + 32 * 3 * 2)
 
 
 def test_learning_rate_decays_linearly_to_zero() -> None:

@@ -51,11 +51,19 @@ def grid_labels(classes: Sequence[str]) -> list[str]:
     return ["input", *classes]
 
 
+def _label_font_size(column_width: int) -> int:
+    return max(9, min(16, column_width // 7))
+
+
+def header_height(column_width: int) -> int:
+    """Pixels the column labels add above a grid of `column_width` px columns."""
+    return round(_label_font_size(column_width) * 1.6)
+
+
 def _header(labels: Sequence[str], column_width: int) -> np.ndarray:
     """A white strip with each label centred over its column."""
-    font_size = max(9, min(16, column_width // 7))
-    font = ImageFont.load_default(size=font_size)
-    height = round(font_size * 1.6)
+    font = ImageFont.load_default(size=_label_font_size(column_width))
+    height = header_height(column_width)
     strip = Image.new("RGB", (column_width * len(labels), height), "white")
     draw = ImageDraw.Draw(strip)
     for index, label in enumerate(labels):
