@@ -32,9 +32,9 @@ from animexpr.harvest.fakebooru import serve_fake_danbooru
 from animexpr.testing.faces import EXPRESSIONS, random_identity, render
 
 DEMO_MARKER = ".animexpr-demo"
-RENDERED_SNAPSHOT = (
-    "rendered-snapshot"  # the drawn faces the model trains on, when the pipeline ran on real ones
-)
+# The drawn faces the model trains on when the dataset stages ran on real ones.
+RENDERED_SNAPSHOT = "rendered-snapshot"
+RENDERED_TRAIN_IDENTITIES = 400
 # Identities the demo's model is scored on, and those its expression classifier learns from: never trained on.
 SCORED_IDENTITIES = 24
 DEMO_ITERS = 600
@@ -72,7 +72,7 @@ def demo(
             console.print(f"[bold]local Danbooru-compatible server[/] at {url}")
             step = _Stepper(home, None if real_faces else classes)
             _build_dataset(step, home, url, sizes)
-            snapshot = _rendered_snapshot(home) if real_faces else "demo"
+            snapshot = _rendered_snapshot(home) if real_faces else home / "snapshots" / "demo"
             run = _train_and_show(step, home, snapshot, sizes, evaluate)
     _print_where(home, run, time.monotonic() - started)
 
@@ -144,7 +144,7 @@ def _build_dataset(step: _Stepper, home: Path, url: str, sizes: DemoSizes) -> No
     step.run("snapshot", "create", "demo", "--test-fraction", "0.15")
 
 
-def _rendered_snapshot(home: Path) -> str:
+def _rendered_snapshot(home: Path) -> Path:
     """A snapshot folder of drawn faces for the model, beside the real faces' snapshot."""
     from animexpr.testing.benchmark import (
         SMALL_CONFIG,
@@ -156,20 +156,19 @@ def _rendered_snapshot(home: Path) -> str:
 
     folder = home / RENDERED_SNAPSHOT
     console.rule("[bold]drawn faces for the model", align="left")
-    write_benchmark_snapshot(
-        folder, identities(TRAIN_SEED_BASE, 400), identities(TEST_SEED_BASE, 8), SMALL_CONFIG["image_size"]
-    )
-    console.print(f"{folder}: 400 drawn training faces, one expression each")
-    return str(folder)
+    train_faces = identities(TRAIN_SEED_BASE, RENDERED_TRAIN_IDENTITIES)
+    write_benchmark_snapshot(folder, train_faces, identities(TEST_SEED_BASE, 8), SMALL_CONFIG["image_size"])
+    console.print(f"{folder}: {len(train_faces)} drawn training faces, one expression each")
+    return folder
 
 
-def _train_and_show(step: _Stepper, home: Path, snapshot: str, sizes: DemoSizes, evaluate: bool) -> Path:
+def _train_and_show(step: _Stepper, home: Path, snapshot: Path, sizes: DemoSizes, evaluate: bool) -> Path:
     step.run(
-        "train", "--snapshot", snapshot, "--variant", "ours", "--iters", str(sizes.iters), "--vgg-random",
-        "--device", "cpu", *_small_model_options(),
+        "train", "--snapshot", str(snapshot), "--variant", "ours", "--iters", str(sizes.iters),
+        "--vgg-random", "--device", "cpu", *_small_model_options(),
     )  # fmt: skip
     run = newest_run(home)
-    test_face = first_test_image(Path(snapshot) if snapshot != "demo" else home / "snapshots" / "demo")
+    test_face = first_test_image(snapshot)
     step.run("transform", str(test_face), "--all", "--checkpoint", str(run), "-o", str(home / "transformed"))
     _report_what_it_learned(run)
     if evaluate and _inception_available():

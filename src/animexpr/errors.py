@@ -1,5 +1,16 @@
 """Errors meant for the user: the CLI prints their message on one line and exits with status 1."""
 
+from typing import Any
+
+
+def shown(value: Any, width: int = 40) -> str:
+    """A value sent by someone else, for an error message: its repr, cut short (it may be megabytes)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for repr()
+        text = "a number too long to show"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
 
 class AnimexprError(Exception):
     """A problem the user can fix; its message says what and how."""

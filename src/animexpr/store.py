@@ -120,10 +120,13 @@ def is_store_relpath(relpath: str) -> bool:
     return match["area"] == "originals" or len(match["key"]) == 64
 
 
-class CorruptFileError(Exception):
-    """A stored file is missing or no longer has its recorded hash; stages record it as `corrupt_file`."""
+CORRUPT_FILE = "corrupt_file"  # the reason stages record for a stored file that fails its hash
 
-    reason = "corrupt_file"
+
+class CorruptFileError(Exception):
+    """A stored file is missing or no longer has its recorded hash; stages record it as CORRUPT_FILE."""
+
+    reason = CORRUPT_FILE
 
     def __init__(self, relpath: str, problem: str) -> None:
         super().__init__(f"{relpath}: {problem}")

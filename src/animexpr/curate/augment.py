@@ -41,16 +41,18 @@ from sqlalchemy.orm import Session
 from animexpr.config import Settings
 from animexpr.curate.dedup import (
     DEFAULT_MAX_DISTANCE,
+    UNREADABLE,
     CropFacts,
     DedupSummary,
     eligible_crops,
+    imdecode_checked,
     update_duplicates,
 )
 from animexpr.db.models import Augmentation, Expansion
 from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
 from animexpr.homelock import hold_home_lock
-from animexpr.store import CorruptFileError, FileStore, UnsafePathError
+from animexpr.store import CORRUPT_FILE, CorruptFileError, FileStore, UnsafePathError
 from animexpr.workers import default_workers, pool_context
 
 if TYPE_CHECKING:
@@ -160,16 +162,8 @@ def encode_png(image: np.ndarray) -> bytes:
 def decode_crop(data: bytes) -> np.ndarray:
     """A crop file (our own PNG) as a 3-channel array; channel order is kept through to encode_png.
 
-    ValueError, with a short reason, for anything OpenCV cannot decode (it asserts on empty input)."""
-    if not data:
-        raise ValueError("the file is empty (0 bytes)")
-    try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        raise ValueError(f"not a decodable image ({exc.err or exc})") from exc
-    if image is None:
-        raise ValueError("not a decodable image")
-    return image
+    ValueError, with a short reason, for anything OpenCV cannot decode."""
+    return imdecode_checked(data, cv2.IMREAD_COLOR)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,10 +289,6 @@ class AugmentedFile:
     relpath: str
     sha256: str
     params: dict[str, Any]
-
-
-CORRUPT_FILE = "corrupt_file"  # the crop file no longer has its recorded sha256 (or is not a store path)
-UNREADABLE = "unreadable"  # the crop file has its sha256 but cannot be decoded
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from animexpr.db.models import Crop, CropAttempt, CropState, Post, PostState
 from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
 from animexpr.images import DEFAULT_MAX_PIXELS, MISSING_FILE, ImageDecodeError, decode_image, encode_png
+from animexpr.store import CORRUPT_FILE as STORE_CORRUPT_FILE
 from animexpr.store import CorruptFileError, FileStore, UnsafePathError
 from animexpr.workers import default_workers, pool_context
 
@@ -98,7 +99,7 @@ class CropOutcome(StrEnum):
     GREYSCALE = "greyscale"
     NO_LABEL = "no_label"
     # The stored original no longer has the sha256 recorded at harvest, or its path is not a store path.
-    CORRUPT_FILE = "corrupt_file"
+    CORRUPT_FILE = STORE_CORRUPT_FILE
     # Counted but not recorded, so that the next run tries the post again: an unexpected failure on this
     # one post (logged with its message).
     CROP_ERROR = "crop_error"

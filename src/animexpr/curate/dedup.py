@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from animexpr.db.models import Crop, CropState, Post
 from animexpr.db.session import session_scope
-from animexpr.store import CorruptFileError, FileStore, UnsafePathError
+from animexpr.store import CORRUPT_FILE, CorruptFileError, FileStore, UnsafePathError
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +86,22 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def hash_png(data: bytes) -> int:
-    """The perceptual hash of an encoded image (a crop file's bytes); ValueError when it cannot be decoded."""
+def imdecode_checked(data: bytes, flags: int) -> np.ndarray:
+    """A crop file decoded by OpenCV; ValueError with a short reason for anything it cannot decode."""
     if not data:
         raise ValueError("the file is empty (0 bytes)")  # OpenCV would raise its own assertion error
     try:
-        grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error as exc:
         raise ValueError(f"not a decodable image ({exc.err or exc})") from exc
-    if grey is None:
+    if image is None:
         raise ValueError("not a decodable image")
-    return perceptual_hash(grey)
+    return image
+
+
+def hash_png(data: bytes) -> int:
+    """The perceptual hash of an encoded image (a crop file's bytes); ValueError when it cannot be decoded."""
+    return perceptual_hash(imdecode_checked(data, cv2.IMREAD_GRAYSCALE))
 
 
 def near_pairs(hashes: Sequence[int], max_distance: int) -> np.ndarray:
@@ -280,8 +285,7 @@ class DedupSummary:
     corrupt: int = 0  # of the unreadable: files that no longer have their recorded sha256 (corrupt_file)
 
 
-_CORRUPT = "corrupt_file"
-_UNREADABLE = "unreadable"
+UNREADABLE = "unreadable"  # a crop file that has its recorded sha256 but cannot be decoded
 
 
 def _hash_file(store: FileStore, relpath: str, sha256: str) -> int | str:
@@ -290,10 +294,10 @@ def _hash_file(store: FileStore, relpath: str, sha256: str) -> int | str:
         return hash_png(store.read_verified(relpath, sha256))
     except (CorruptFileError, UnsafePathError) as exc:
         log.warning("corrupt_file: crop %s left out of dedup: %s", relpath, exc)
-        return _CORRUPT
+        return CORRUPT_FILE
     except (OSError, ValueError) as exc:
         log.warning("cannot hash crop %s: %s", relpath, exc)
-        return _UNREADABLE
+        return UNREADABLE
 
 
 def _hash_missing(
@@ -315,7 +319,7 @@ def _hash_missing(
         for done, (crop_id, phash) in enumerate(results, start=1):
             if isinstance(phash, str):
                 unreadable += 1
-                corrupt += phash == _CORRUPT
+                corrupt += phash == CORRUPT_FILE
             else:
                 hashed += 1
                 batch.append({"id": crop_id, "phash": hash_to_hex(phash)})

@@ -50,7 +50,7 @@ from sqlalchemy.orm import aliased
 
 from animexpr.db.locking import lock_for_write
 from animexpr.db.models import MAX_ROW_ID, Crop, CropState, Post, Reviewer, ReviewEvent, ReviewLease, utcnow
-from animexpr.errors import AnimexprError
+from animexpr.errors import AnimexprError, shown
 from animexpr.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -157,15 +157,6 @@ def check_page_reviewer(name: str) -> str:
             f"reviewer name {name!r} is kept for the command line's own decisions; pick another name"
         )
     return name
-
-
-def shown(value: Any, width: int = 40) -> str:
-    """A value for an error message: its repr, cut short (a client may send megabytes)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long for repr()
-        text = "a number too long to show"
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def parse_row_id(text: str) -> int | None:

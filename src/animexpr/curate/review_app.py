@@ -321,7 +321,7 @@ def _crop_id(value: Any) -> int:
 def _path_crop_id(request: Request) -> int:
     crop_id = parse_row_id(request.path_params["crop_id"])
     if crop_id is None:
-        raise CropNotFound("no such crop: crop ids are whole numbers from 1 to 2147483647")
+        raise CropNotFound(f"no such crop: crop ids are whole numbers from 1 to {MAX_ROW_ID}")
     return crop_id
 
 

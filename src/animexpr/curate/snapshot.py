@@ -316,8 +316,7 @@ def collect_content(
                 crop.post_id,
                 crop.id,
                 "original",
-                None,
-                index,
+                label_index=index,
             )
         )
         if side == "train":
@@ -331,7 +330,7 @@ def collect_content(
                     crop.id,
                     "augmented",
                     row.id,
-                    index,
+                    label_index=index,
                 )
                 for row in sorted(planned.get(crop.id, []), key=lambda row: row.variant_index)
             ]

@@ -38,7 +38,8 @@ NAMING_CONVENTION = {
 # stays the rowid alias). Our own row ids are INTEGER: a client's id beyond MAX_ROW_ID is no row of ours.
 PostId = BigInteger().with_variant(Integer(), "sqlite")
 MAX_POST_ID = 2**63 - 1
-MAX_ROW_ID = 2**31 - 1
+INT_COLUMN_MIN, INT_COLUMN_MAX = -(2**31), 2**31 - 1  # an INTEGER column on PostgreSQL
+MAX_ROW_ID = INT_COLUMN_MAX
 
 
 def utcnow() -> datetime:

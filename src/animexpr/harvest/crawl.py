@@ -37,7 +37,7 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from animexpr.config import ClassSpec, Settings
-from animexpr.db.models import CrawlCursor, Post, PostState
+from animexpr.db.models import INT_COLUMN_MAX, INT_COLUMN_MIN, CrawlCursor, Post, PostState
 from animexpr.db.session import session_scope
 from animexpr.harvest.client import (
     DanbooruClient,
@@ -589,10 +589,6 @@ def job_for(row: Post) -> DownloadJob | None:
     return DownloadJob(row.id, row.class_name, row.md5, row.file_url, (ext or "jpg").lower(), not is_sample)
 
 
-# Post.file_size, width, height and score are INTEGER columns: 32 bits on PostgreSQL.
-_INT_COLUMN_MIN, _INT_COLUMN_MAX = -(2**31), 2**31 - 1
-
-
 def post_values(
     post_id: int, post: dict[str, Any], plan: QueryPlan, verdict: Verdict, variant: Variant
 ) -> dict[str, Any]:
@@ -622,7 +618,7 @@ def post_values(
         "height": _int_column(post.get("image_height"), minimum=0),
         "tags": str(post.get("tag_string") or ""),
         "rating": post.get("rating") if post.get("rating") in RATINGS else None,
-        "score": _int_column(post.get("score"), minimum=_INT_COLUMN_MIN),
+        "score": _int_column(post.get("score"), minimum=INT_COLUMN_MIN),
         "class_name": plan.class_name,
         "query": plan.text,
         "state": (PostState.FOUND if reason is None else reason.state).value,
@@ -632,7 +628,8 @@ def post_values(
 
 
 def _int_column(value: object, minimum: int) -> int | None:
-    if type(value) is not int or not minimum <= value <= _INT_COLUMN_MAX:
+    """`value` if it fits an INTEGER column (file_size, width, height, score) from `minimum` up, else None."""
+    if type(value) is not int or not minimum <= value <= INT_COLUMN_MAX:
         return None
     return value
 

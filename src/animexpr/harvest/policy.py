@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from animexpr.config import ClassSpec
 from animexpr.db.models import MAX_POST_ID
-from animexpr.errors import ConfigError
+from animexpr.errors import ConfigError, shown
 from animexpr.harvest.reasons import HarvestReason
 from animexpr.store import FILE_EXTENSIONS, MD5_PATTERN
 
@@ -46,7 +46,6 @@ DEFAULT_EXCLUDED_TAGS = (
 SUPPORTED_FILE_TYPES = frozenset(FILE_EXTENSIONS) - {"gif"}
 # What a file type looks like in Danbooru's JSON (jpg, png, mp4, zip, swf, ...), known to us or not.
 _FILE_TYPE_PATTERN = re.compile(r"[a-z0-9]{1,10}")
-_SHOWN_CHARS = 40  # of a bad value, in a recorded detail
 RATINGS = ("g", "s", "q", "e")
 SOLO_TAG = "solo"
 
@@ -142,12 +141,12 @@ def metadata_problem(post: Mapping[str, Any], variant: Variant) -> str | None:
     """What makes a field that would reach a path or a column unusable (see the module docstring), or None."""
     md5, file_url, file_ext = post.get("md5"), post.get("file_url"), post.get("file_ext")
     if _given(md5) and not (isinstance(md5, str) and MD5_PATTERN.fullmatch(md5)):
-        return f"md5 {_shown(md5)} is not 32 lowercase hex digits"
+        return f"md5 {shown(md5)} is not 32 lowercase hex digits"
     if _given(file_url) and not is_http_url(file_url):
-        return f"file_url {_shown(file_url)} is not an http(s) URL"
+        return f"file_url {shown(file_url)} is not an http(s) URL"
     has_file = _given(md5) and _given(file_url)
     if (has_file or file_ext is not None) and not is_file_type(file_ext):
-        return f"file_ext {_shown(file_ext)} is not a file type"
+        return f"file_ext {shown(file_ext)} is not a file type"
     if variant == "sample" and has_file:
         return _sample_url_problem(post)
     return None
@@ -158,21 +157,16 @@ def _sample_url_problem(post: Mapping[str, Any]) -> str | None:
     if not _given(sample_url) or sample_url == post.get("file_url"):
         return None  # the original itself is fetched
     if not is_http_url(sample_url):
-        return f"large_file_url {_shown(sample_url)} is not an http(s) URL"
+        return f"large_file_url {shown(sample_url)} is not an http(s) URL"
     ext = url_ext(str(sample_url)).lower()
     if ext not in SUPPORTED_FILE_TYPES:
         allowed = ", ".join(sorted(SUPPORTED_FILE_TYPES))
-        return f"the sample URL's extension {_shown(ext)} is not one of {allowed}"
+        return f"the sample URL's extension {shown(ext)} is not one of {allowed}"
     return None
 
 
 def _given(value: object) -> bool:
     return value is not None and value != ""
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
 
 
 def is_file_type(value: object) -> bool:

@@ -51,7 +51,7 @@ from torch import Tensor
 from animexpr.errors import AnimexprError
 from animexpr.model.classifier import ClassifierConfig, TrainedClassifier, train_classifier
 from animexpr.model.config import VARIANTS, TrainConfig
-from animexpr.model.data import write_folder_snapshot
+from animexpr.model.data import to_model_input, write_folder_snapshot
 from animexpr.model.device import resolve_device
 from animexpr.model.evaluate import median_ms_per_iteration
 from animexpr.model.grid import save_png, to_uint8_images
@@ -261,7 +261,7 @@ def quantise(y: Tensor) -> Tensor:
 
 
 def to_input(images_u8: Tensor, device: torch.device) -> Tensor:
-    return images_u8.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_model_input(images_u8.to(device), channels_last=False)
 
 
 def mask_iou(mask: Tensor, region: Tensor) -> Tensor:
