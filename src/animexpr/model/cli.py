@@ -42,6 +42,17 @@ def train(
     decay_start: Annotated[int, _opt("Iteration where the linear decay to 0 begins.")] = _DEFAULTS[
         "decay_start"
     ],
+    lr_schedule: Annotated[
+        str,
+        _opt(
+            "linear: a true linear decay to 0 from --decay-start to --iters; stargan: StarGAN's official "
+            "rule (lr/(iters-decay_start) subtracted every 1,000 iterations, which barely decays)."
+        ),
+    ] = _DEFAULTS["lr_schedule"],
+    ema: Annotated[
+        float,
+        _opt("EMA decay of G's weights (transform and evaluate use the EMA); 0 turns the EMA off."),
+    ] = _DEFAULTS["ema_beta"],
     lambda_cx: Annotated[float, _opt("Contextual loss weight.")] = _DEFAULTS["lambda_cx"],
     lambda_cls: Annotated[float, _opt("Classification loss weight.")] = _DEFAULTS["lambda_cls"],
     lambda_gp: Annotated[float, _opt("Gradient penalty weight.")] = _DEFAULTS["lambda_gp"],
@@ -84,6 +95,13 @@ def train(
     d_repeat_num: Annotated[int, _opt("Stride-2 convs of D.")] = _DEFAULTS["d_repeat_num"],
     mapping_dim: Annotated[int, _opt("Hidden width of F.")] = _DEFAULTS["mapping_dim"],
     style_dim: Annotated[int, _opt("Size N of the control information.")] = _DEFAULTS["style_dim"],
+    mapping_init: Annotated[
+        str,
+        _opt(
+            "Initial weights of F: he (Kaiming, lets the label reach G from the start) or torch "
+            "(PyTorch's default: the label barely changes G's output at first)."
+        ),
+    ] = _DEFAULTS["mapping_init"],
     log_every: Annotated[int, _opt("Iterations between stats lines.")] = _DEFAULTS["log_every"],
     sample_every: Annotated[int, _opt("Iterations between sample grids.")] = _DEFAULTS["sample_every"],
     ckpt_every: Annotated[int, _opt("Iterations between checkpoints.")] = _DEFAULTS["ckpt_every"],
@@ -105,6 +123,8 @@ def train(
         n_critic=n_critic,
         lr=lr,
         decay_start=decay_start,
+        lr_schedule=lr_schedule,  # type: ignore[arg-type]  # TrainConfig checks the value
+        ema_beta=ema,
         lambda_cx=lambda_cx,
         lambda_cls=lambda_cls,
         lambda_gp=lambda_gp,
@@ -125,6 +145,7 @@ def train(
         d_repeat_num=d_repeat_num,
         mapping_dim=mapping_dim,
         style_dim=style_dim,
+        mapping_init=mapping_init,  # type: ignore[arg-type]  # TrainConfig checks the value
         log_every=log_every,
         sample_every=sample_every,
         ckpt_every=ckpt_every,

@@ -11,6 +11,8 @@ from animexpr.errors import ConfigError
 
 Precision = Literal["fp32", "tf32", "bf16"]
 IdentityLoss = Literal["cycle", "contextual"]
+MappingInit = Literal["he", "torch"]
+LrSchedule = Literal["linear", "stargan"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class TrainConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     decay_start: int = 100_000  # lr decays linearly from here to 0 at `iters` (none if >= iters)
+    # "linear": the true linear decay above. "stargan": what StarGAN's official code does (subtract
+    # lr / (iters - decay_start) every 1,000 iterations), which ends at 99.9 % of lr at the paper's settings.
+    lr_schedule: LrSchedule = "linear"
     # Loss weights
     lambda_cx: float = 0.1
     lambda_cls: float = 1.0
@@ -91,8 +96,13 @@ class TrainConfig:
     d_repeat_num: int = 6
     mapping_dim: int = 512
     style_dim: int = 64  # N, the size of the control information k
+    # F's initial weights: "he" (Kaiming, zero biases) lets the label through at the start; "torch" (PyTorch's
+    # default) leaves k nearly independent of the label (see networks.MappingNetwork). The paper does not say.
+    mapping_init: MappingInit = "he"
     # Training state
-    ema_beta: float = 0.999  # per G step, with a warm-up (see train.ema_weight)
+    # EMA of G's weights, per G step with a warm-up (see train.ema_weight); transform and evaluate use it.
+    # 0 turns it off (G_ema is then G), as the baselines' authors ran them.
+    ema_beta: float = 0.999
     balanced: bool = False  # draw classes uniformly instead of by their frequency
     seed: int = 0
     # Execution
@@ -112,6 +122,11 @@ class TrainConfig:
             self.variant in VARIANTS, f"variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}"
         )
         _check(self.precision in ("fp32", "tf32", "bf16"), f"precision: unknown {self.precision!r}")
+        _check(self.mapping_init in ("he", "torch"), f"mapping_init: he or torch, got {self.mapping_init!r}")
+        _check(
+            self.lr_schedule in ("linear", "stargan"),
+            f"lr_schedule: linear or stargan, got {self.lr_schedule!r}",
+        )
         for name in ("iters", "batch", "image_size", "n_critic", "log_every", "sample_every", "ckpt_every"):
             _check(getattr(self, name) > 0, f"{name}: must be positive")
         _check(self.keep_ckpts >= 1, "keep_ckpts: must be at least 1")

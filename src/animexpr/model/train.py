@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -81,11 +82,47 @@ class TrainResult:
     interrupted: bool
 
 
+STARGAN_LR_UPDATE_STEP = 1000  # StarGAN's official code changes the learning rate every 1,000 iterations
+
+
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
-    """lr0 until decay_start, then a true linear decay reaching 0 at `iters` (StarGAN's code never decays)."""
+    """The learning rate of the iteration after `iteration` completed ones.
+
+    "linear": lr0 until decay_start, then a true linear decay reaching 0 at `iters`. "stargan": the official
+    code's rule, lr0 / (iters - decay_start) subtracted once per 1,000 iterations past decay_start.
+    """
     if iteration < cfg.decay_start or cfg.iters <= cfg.decay_start:
         return cfg.lr
-    return cfg.lr * max(0.0, (cfg.iters - iteration) / (cfg.iters - cfg.decay_start))
+    decay_iters = cfg.iters - cfg.decay_start
+    if cfg.lr_schedule == "stargan":
+        updates = iteration // STARGAN_LR_UPDATE_STEP - cfg.decay_start // STARGAN_LR_UPDATE_STEP
+        return cfg.lr * max(0.0, 1 - updates / decay_iters)
+    return cfg.lr * max(0.0, (cfg.iters - iteration) / decay_iters)
+
+
+def schedule_change(saved: TrainConfig, new: TrainConfig) -> str | None:
+    """What another --iters changes in a resumed run's learning-rate schedule (None: nothing)."""
+    if saved.iters == new.iters:
+        return None
+    if min(saved.iters, new.iters) <= saved.decay_start:
+        if new.iters <= saved.decay_start:
+            return f"--iters {new.iters} instead of {saved.iters}: the learning rate no longer decays"
+        return (
+            f"--iters {new.iters} instead of {saved.iters}: the learning rate now decays from iteration "
+            f"{saved.decay_start} to {new.iters}"
+        )
+    return (
+        f"--iters {new.iters} instead of {saved.iters}: the learning-rate decay from iteration "
+        f"{saved.decay_start} now ends at {new.iters} (the rate at each iteration changes)"
+    )
+
+
+def label_effect(outputs: list[Tensor]) -> float:
+    """Mean |G(x, c_i) - G(x, c_j)| over pairs of target classes (pixels in [-1, 1]): 0 when G ignores c."""
+    pairs = list(itertools.combinations(outputs, 2))
+    if not pairs:
+        return 0.0
+    return float(sum((a - b).abs().mean() for a, b in pairs)) / len(pairs)
 
 
 def ema_weight(cfg: TrainConfig, g_step: int) -> float:
@@ -370,13 +407,16 @@ class Trainer:
         return stats
 
     @torch.no_grad()
-    def translate(self, x: Tensor, use_ema: bool = True) -> tuple[list[Tensor], list[Tensor] | None]:
-        """x translated to every class (and the masks), in fp32 without autocast, for the sample grid."""
+    def translate(
+        self, x: Tensor, source: Tensor | None = None, use_ema: bool = True
+    ) -> tuple[list[Tensor], list[Tensor] | None]:
+        """x (of classes `source`, if known) translated to every class, and the masks; fp32, no autocast."""
         generator = self.G_ema if use_ema else self.G
+        source_onehot = None if source is None else onehot(source, self.num_classes)
         outputs, masks = [], []
         for c in range(self.num_classes):
             labels = torch.full((len(x),), c, device=x.device, dtype=torch.long)
-            y, m = generator(x, onehot(labels, self.num_classes))
+            y, m = generator(x, onehot(labels, self.num_classes), source_onehot)
             outputs.append(y)
             if m is not None:
                 masks.append(m)
@@ -547,6 +587,9 @@ def _resolve_run(
     if ignored:
         log.warning("resuming %s with its saved settings; ignoring changed %s", run_dir, ", ".join(ignored))
     effective = saved.with_runtime(cfg)
+    change = schedule_change(saved, effective)
+    if change:
+        log.warning("resuming %s: %s", run_dir, change)
     ckpt.write_run_config(run_dir, effective.to_json())
     return run_dir, effective, state_file
 
@@ -563,11 +606,16 @@ class _RunWriter:
     """Rank 0's outputs: stats.jsonl, sample grids and checkpoints."""
 
     def __init__(
-        self, run_dir: Path, trainer: Trainer, fixed_inputs: Tensor, manifest_sha256: str, classes: list[str]
+        self,
+        run_dir: Path,
+        trainer: Trainer,
+        fixed: tuple[Tensor, Tensor],
+        manifest_sha256: str,
+        classes: list[str],
     ):
         self.run_dir = run_dir
         self.trainer = trainer
-        self.fixed_inputs = fixed_inputs
+        self.fixed_inputs, self.fixed_labels = fixed
         self.manifest_sha256 = manifest_sha256
         self.classes = classes
         self.last_state: Path | None = None
@@ -577,8 +625,13 @@ class _RunWriter:
         with (self.run_dir / ckpt.STATS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def label_effect(self) -> float:
+        """How much the training G's output on the fixed inputs changes with the target class."""
+        outputs, _ = self.trainer.translate(self.fixed_inputs, self.fixed_labels, use_ema=False)
+        return label_effect(outputs)
+
     def save_samples(self) -> Path:
-        outputs, masks = self.trainer.translate(self.fixed_inputs)
+        outputs, masks = self.trainer.translate(self.fixed_inputs, self.fixed_labels)
         path = self.run_dir / ckpt.SAMPLES_DIR / f"{self.trainer.iteration:07d}.png"
         save_png(translation_grid(self.fixed_inputs, outputs, masks, grid_labels(self.classes)), path)
         return path
@@ -662,6 +715,7 @@ def _train(
     fixed_images, fixed_labels = decode_records(snapshot, fixed_records, cfg.image_size)
     picks = fixed_sample_indices(fixed_labels, cfg.sample_count, len(snapshot.classes))
     fixed_inputs = to_model_input(fixed_images[picks], channels_last=False).to(device)
+    fixed_labels = torch.as_tensor(fixed_labels[picks], dtype=torch.long, device=device)
 
     trainer = Trainer(cfg, batches, device, info, _load_vgg(cfg, vgg_download))
     if state_file is not None:
@@ -682,7 +736,7 @@ def _train(
         )
     trainer.prepare()
     writer = (
-        _RunWriter(run_dir, trainer, fixed_inputs, manifest_sha256, list(snapshot.classes))
+        _RunWriter(run_dir, trainer, (fixed_inputs, fixed_labels), manifest_sha256, list(snapshot.classes))
         if info.is_main
         else None
     )
@@ -730,6 +784,7 @@ def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | No
                 stats |= _timing(trainer, elapsed, window_iterations)
                 window_start, window_iterations = time.perf_counter(), 0
                 if writer is not None:
+                    stats["G/label_effect"] = writer.label_effect()
                     writer.append_stats({"iteration": it, "kimg": it * cfg.batch / 1000, **stats})
                     log.debug("iteration %d %s", it, stats)
             if writer is not None and (it % cfg.sample_every == 0 or it == cfg.iters):
