@@ -1,9 +1,10 @@
 """`evaluate` and `compare` on two tiny real training runs (stargan and ours) of a tiny snapshot, on the CPU.
 
-The runs are 4 iterations of 32 px networks, so their scores mean nothing; the tests check the plumbing:
-counts, the PNGs that were scored (one class's FID and KID are recomputed from them), caches, the report, the
-figure's layout. They need the Inception weights (and skip without them) and use the real face crops of
-ANIMEXPR_ASSETS when set, generated images if not. Marked slow: the two runs take ~20 s on 2 cores."""
+The runs are 4 iterations of 32 px networks, so their scores mean nothing; the tests check the plumbing with
+the real Inception network under the paper protocol: counts, the PNGs that were scored (one class's and the
+pooled FID and KID are recomputed from them), caches, the report, the figure's layout. They need the
+Inception weights (and skip without them) and use the real face crops of ANIMEXPR_ASSETS when set, generated
+images if not. Marked slow: the two runs take ~20 s on 2 cores."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typer.testing import CliRunner
 from animexpr.cli import app
 from animexpr.model import classifier as classifier_module
 from animexpr.model.classifier import ClassifierConfig
-from animexpr.model.compare import EMPTY_TILE, MIN_TILE, TILE_GAP, compare_runs
+from animexpr.model.compare import EMPTY_TILE, MIN_TILE, TILE_GAP, CompareError, compare_runs
 from animexpr.model.data import DATASET_FILE, MANIFEST_FILE, load_snapshot, write_folder_snapshot
 from animexpr.model.evaluate import (
     EVAL_JSON,
@@ -39,7 +40,8 @@ from animexpr.model.train import train
 from animexpr.store import sha256_bytes
 
 CLASSES = ("angry", "sad", "smile", "surprised")
-PER_CLASS = 5  # images per class: 1 test + 4 train
+PER_CLASS = 5  # images per class: 2 test + 3 train
+TEST_PER_CLASS = 2
 CLASSIFIER = ClassifierConfig(epochs=1)  # what `--classifier-epochs 1` asks for: the cache key matches
 
 
@@ -62,7 +64,9 @@ def _class_folders(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("classes")
-    return write_folder_snapshot(_class_folders(root), root / "snapshot", test_per_class=1, limit=PER_CLASS)
+    return write_folder_snapshot(
+        _class_folders(root), root / "snapshot", test_per_class=TEST_PER_CLASS, limit=PER_CLASS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +108,19 @@ def test_eval_json_holds_every_target_class_and_the_measures(runs: dict[str, Pat
         report = _report(run_dir)
         assert report["variant"] == variant
         assert len(report["classes"]) == 4
-        assert report["test_images"] == 4
-        assert report["generated_images"] == 4 * 3  # each test face into each of the 3 other classes
+        assert report["protocol"] == "paper"
+        assert report["test_images"] == 4 * TEST_PER_CLASS
+        assert report["generated_images"] == 8 * 3  # each test face into each of the 3 other classes
+        assert report["real_set"]["count"] == 8  # the test images
         assert report["classifier"]["test_accuracy"] is not None
         assert 0 <= report["classifier"]["test_accuracy"] <= 1
+        pooled = report["pooled"]
+        assert (pooled["n_generated"], pooled["n_real"], pooled["kid_subset_size"]) == (24, 8, 8)
+        assert pooled["fid"] > 0
         for scores in report["per_class"].values():
-            assert scores["n_generated"] == 3
-            assert scores["n_real"] == PER_CLASS  # the originals of both splits
-            assert scores["kid_subset_size"] == 3  # min(N_real, N_fake, 1000)
+            assert scores["n_generated"] == 6
+            assert scores["n_real"] == TEST_PER_CLASS  # the test images of the class
+            assert scores["kid_subset_size"] == 2  # min(N_real, N_fake, 1000)
             assert scores["fid"] > 0
             assert 0 <= scores["expression_accuracy"] <= 1
             assert 0 < scores["l1"] < 1
@@ -129,6 +138,7 @@ def test_eval_json_holds_every_target_class_and_the_measures(runs: dict[str, Pat
         assert report["timing"]["generation_ms_per_1000"] > 0
         table = (run_dir / EVAL_TABLE).read_text(encoding="utf-8")
         assert "| target | gen | real | FID |" in table
+        assert f"| pooled | 24 | 8 | {pooled['fid']:.2f} |" in table
         assert f"| mean |  |  | {mean['fid']:.2f} |" in table
 
 
@@ -136,25 +146,33 @@ def test_eval_json_holds_every_target_class_and_the_measures(runs: dict[str, Pat
 def test_generated_pngs_are_what_was_scored(
     runs: dict[str, Path], snapshot: Path, inception_weights: Path
 ) -> None:
-    """FID and KID of one target class, recomputed from the saved PNGs and the real files, match eval.json."""
+    """FID and KID of one target class and pooled, recomputed from the saved PNGs and the real test files,
+    match eval.json."""
     run_dir = runs["ours"]
     report = _report(run_dir)
-    target = report["classes"][0]
-    pngs = sorted((run_dir / report["images"] / target).glob("*.png"))
-    assert len(pngs) == 3
-    assert not any(p.name.startswith(f"{target}-") for p in pngs)  # no face is translated into its own class
-    assert len(list((run_dir / report["images"] / "inputs").glob("*.png"))) == 4
-    generated = torch.from_numpy(np.stack([_png(p) for p in pngs]))
-    assert generated.shape == (3, 32, 32, 3)
-    snap = load_snapshot(snapshot)
-    reals = [r for r in snap.records if r.label == target]
-    real_images = np.stack([_png(snap.path_of(r), size=32) for r in reals])
+    classes = report["classes"]
+    pngs = {c: sorted((run_dir / report["images"] / c).glob("*.png")) for c in classes}
+    target = classes[0]
+    assert len(pngs[target]) == 6
+    assert not any(p.name.startswith(f"{target}-") for p in pngs[target])  # never into its own class
+    assert len(list((run_dir / report["images"] / "inputs").glob("*.png"))) == 8
     extractor = InceptionFeatures(inception_weights, device="cpu")
-    fake_features, real_features = extractor(generated), extractor(torch.from_numpy(real_images))
+    fake = {c: extractor(torch.from_numpy(np.stack([_png(p) for p in pngs[c]]))) for c in classes}
+    snap = load_snapshot(snapshot)
+    tests = [r for r in snap.records if r.split == "test"]
+    real_images = torch.from_numpy(np.stack([_png(snap.path_of(r), size=32) for r in tests]))
+    real_all = extractor(real_images)
+    real_target = real_all[[r.label == target for r in tests]]
     scores = report["per_class"][target]
-    assert fid(real_features, fake_features) == pytest.approx(scores["fid"], rel=1e-4)
-    assert kid(real_features, fake_features, seed=0).mean == pytest.approx(
+    assert fid(real_target, fake[target]) == pytest.approx(scores["fid"], rel=1e-4)
+    assert kid(real_target, fake[target], seed=0).mean == pytest.approx(
         scores["kid_mean"], rel=1e-3, abs=1e-6
+    )
+    fake_all = np.concatenate([fake[c] for c in classes])
+    pooled = report["pooled"]
+    assert fid(real_all, fake_all) == pytest.approx(pooled["fid"], rel=1e-4)
+    assert kid(real_all, fake_all, seed=len(classes)).mean == pytest.approx(
+        pooled["kid_mean"], rel=1e-3, abs=1e-6
     )
 
 
@@ -185,10 +203,19 @@ def test_compare_writes_table_one_and_the_figure(runs: dict[str, Path], tmp_path
     result = compare_runs([runs["stargan"], runs["ours"]], out, rows=4)
     text = out.read_text(encoding="utf-8")
     assert result.warnings == []
-    assert "| Method | run | FID | KID | expr. acc. | SSIM | L1 | params G | ms / iter |" in text
-    for variant, run_dir in runs.items():
-        mean = _report(run_dir)["mean"]
-        assert f"| {variant} | {run_dir.name} | {mean['fid']:.2f} | {mean['kid_mean']:.2e} ± " in text
+    header = (
+        "| Method | paper FID | paper KID | run | FID | KID | expr. acc. | SSIM | L1 | params G | ms / iter |"
+    )
+    assert header in text
+    for label, paper, run_dir in (
+        ("StarGAN", "79.04 | 2.74e-02", runs["stargan"]),
+        ("Ours", "52.07 | 1.30e-02", runs["ours"]),
+    ):
+        pooled = _report(run_dir)["pooled"]
+        assert (
+            f"| {label} | {paper} | {run_dir.name} | {pooled['fid']:.2f} | {pooled['kid_mean']:.2e} ± "
+            in text
+        )
     assert result.figure == tmp_path / "report.png"
     assert "![" in text
     assert "(report.png)" in text
@@ -214,14 +241,16 @@ def test_compare_writes_table_one_and_the_figure(runs: dict[str, Path], tmp_path
 
 
 @pytest.mark.slow
-def test_compare_warns_when_runs_are_not_comparable(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_compare_refuses_or_flags_runs_that_are_not_comparable(runs: dict[str, Path], tmp_path: Path) -> None:
     other = tmp_path / runs["ours"].name
     shutil.copytree(runs["ours"], other)
     report = _report(other)
-    report["reference"] = "test"
+    report["real_set"]["sha256"] = "0" * 64
     (other / EVAL_JSON).write_text(json.dumps(report), encoding="utf-8")
-    result = compare_runs([runs["stargan"], other], tmp_path / "report.md")
-    assert any("reference" in w and "not comparable" in w for w in result.warnings)
+    with pytest.raises(CompareError, match=r"differ in real_set\.sha256"):
+        compare_runs([runs["stargan"], other], tmp_path / "report.md")
+    result = compare_runs([runs["stargan"], other], tmp_path / "report.md", allow_mismatch=True)
+    assert any("real_set.sha256" in w and "not comparable" in w for w in result.warnings)
     assert "Warnings:" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
@@ -271,7 +300,7 @@ def test_evaluate_refuses_a_snapshot_without_test_images_or_with_other_classes(
     runs: dict[str, Path], snapshot: Path, tmp_path: Path
 ) -> None:
     no_test = _copy_snapshot(snapshot, tmp_path / "no-test", {"split": "train"})
-    with pytest.raises(EvaluationError, match="no test images"):
+    with pytest.raises(EvaluationError, match="no test split"):
         evaluate_run(runs["stargan"], snapshot_folder=no_test, options=EvalOptions(device="cpu"))
     other_classes = _copy_snapshot(snapshot, tmp_path / "other", {}, relabel=True)
     with pytest.raises(EvaluationError, match="classes"):

@@ -38,6 +38,22 @@ def test_mapping_network_is_nine_linear_layers_each_followed_by_relu() -> None:
     assert bool((k >= 0).all())  # a ReLU after the last layer too
 
 
+@pytest.mark.parametrize(("init", "low", "high"), [("he", 1e-2, 1.0), ("torch", 0.0, 1e-3)])
+def test_the_label_reaches_the_decoder_controlled_generator_at_initialisation(
+    init: str, low: float, high: float
+) -> None:
+    # PyTorch's default init shrinks the signal through F's nine layers: G then ignores the label at first.
+    torch.manual_seed(0)
+    generator = Generator(
+        4, VARIANTS["stargan-dc"], tiny_cfg("stargan-dc", mapping_init=init, mapping_dim=64)
+    )
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        y0, _ = generator(x, torch.eye(4)[[0] * 4])
+        y1, _ = generator(x, torch.eye(4)[[1] * 4])
+    assert low <= float((y0 - y1).abs().mean()) < high
+
+
 def test_adain_is_one_plus_gamma_times_plain_instance_norm_plus_beta() -> None:
     torch.manual_seed(0)
     adain = AdaIN(style_dim=3, num_features=2)

@@ -14,7 +14,14 @@ from animexpr.model import train as train_module
 from animexpr.model.checkpoint import generator_files, load_training_state, training_states
 from animexpr.model.config import VARIANTS, TrainConfig
 from animexpr.model.networks import Generator
-from animexpr.model.train import NonFiniteLossError, ema_weight, learning_rate, train
+from animexpr.model.train import (
+    NonFiniteLossError,
+    ema_weight,
+    label_effect,
+    learning_rate,
+    schedule_change,
+    train,
+)
 from animexpr.model.transform import load_generator
 
 
@@ -35,6 +42,7 @@ def test_every_variant_trains_a_few_iterations(variant: str, snapshot_dir: Path,
     assert ("G/mask_mean" in rows[-1]) == cfg.spec.attention_mask
     assert "ms_per_iter" in rows[-1]
     assert "images_per_s" in rows[-1]
+    assert rows[-1]["G/label_effect"] > 0  # every variant's G answers to the target class from the start
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["0000002.png", "0000004.png"]
     assert [i for i, _ in training_states(run)] == [2, 4]
     assert [i for i, _ in generator_files(run)] == [2, 4]
@@ -60,6 +68,36 @@ def test_learning_rate_decays_linearly_to_zero() -> None:
     assert learning_rate(cfg, 199_999) == pytest.approx(1e-9)
     assert learning_rate(cfg, 200_000) == 0.0
     assert learning_rate(TrainConfig(data="", iters=10, decay_start=50), 9) == 1e-4
+
+
+def test_the_stargan_schedule_subtracts_a_step_every_1000_iterations_as_the_official_code() -> None:
+    # solver.py: after iteration i, if (i+1) % 1000 == 0 and (i+1) > num_iters - num_iters_decay:
+    # lr -= lr0 / num_iters_decay
+    cfg = TrainConfig(data="", iters=200_000, decay_start=100_000, lr=1e-4, lr_schedule="stargan")
+    step = 1e-4 / 100_000
+    assert learning_rate(cfg, 100_000) == 1e-4
+    assert learning_rate(cfg, 100_999) == 1e-4
+    assert learning_rate(cfg, 101_000) == pytest.approx(1e-4 - step)
+    assert learning_rate(cfg, 199_999) == pytest.approx(1e-4 - 99 * step)
+    # barely decays: 99.9 % of the rate at the end, where the linear schedule reaches 0
+    assert learning_rate(cfg, 200_000) == pytest.approx(0.999e-4)
+
+
+def test_another_iters_on_resume_says_what_it_changes_in_the_schedule() -> None:
+    saved = TrainConfig(data="", iters=200_000, decay_start=100_000)
+    assert schedule_change(saved, saved) is None
+    longer = schedule_change(saved, TrainConfig(data="", iters=300_000, decay_start=100_000))
+    assert longer is not None
+    assert "now ends at 300000" in longer
+    shorter = schedule_change(saved, TrainConfig(data="", iters=50_000, decay_start=100_000))
+    assert shorter is not None
+    assert "no longer decays" in shorter
+
+
+def test_label_effect_is_zero_when_the_output_ignores_the_class() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    assert label_effect([x, x.clone(), x.clone()]) == 0.0
+    assert label_effect([x, x + 0.5]) == pytest.approx(0.5)
 
 
 def test_ema_warms_up_then_uses_its_beta() -> None:

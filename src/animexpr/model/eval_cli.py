@@ -1,4 +1,4 @@
-"""`animexpr evaluate` and `animexpr compare`."""
+"""`animexpr evaluate` (a run, or a folder of images made elsewhere) and `animexpr compare`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -40,16 +40,49 @@ def _progress_bar() -> Iterator[ProgressFn]:
 
 def evaluate(
     ctx: typer.Context,
-    run: Annotated[Path, typer.Argument(help="Run folder (or a G_ema-*.safetensors file in one).")],
+    run: Annotated[
+        Path | None,
+        typer.Argument(help="Run folder (or a G_ema-*.safetensors file in one); omit with --images."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score DIR/<class>/*.png made by another program instead of a run (needs --snapshot)."
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Generator file to score (default: the run's newest).")
     ] = None,
     snapshot: Annotated[
-        str | None, typer.Option(help="Snapshot NAME or folder (default: the one the run trained on).")
+        str | None,
+        typer.Option(help="Snapshot NAME or folder (default: the one the run trained on)."),
     ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="paper: FID/KID pooled, against the test images; "
+            "per-class: per target class against --reference originals, averaged."
+        ),
+    ] = "paper",
     reference: Annotated[
-        str, typer.Option(help="Real images of the target class for FID/KID: all, train or test splits.")
-    ] = "all",
+        str | None,
+        typer.Option(
+            help="per-class protocol: real images of the target class from all, train or test splits."
+        ),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="With --images: the method's row name in compare (e.g. cyclegan; default: DIR's name)."
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="With --images: px the images are decoded and resized to, as the real ones [128]."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="With --images: the report file (default DIR/eval.json).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch: Annotated[int, typer.Option(help="Test images per generator batch.")] = 32,
     inception: Annotated[
@@ -65,16 +98,25 @@ def evaluate(
     save_images: Annotated[bool, typer.Option(help="Write the translations as PNG files.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print eval.json instead of the table.")] = False,
 ) -> None:
-    """Score a run: every test image into every other class; FID, KID, expression accuracy, identity."""
-    if reference not in ("all", "train", "test"):
-        raise typer.BadParameter("expected all, train or test", param_hint="--reference")
+    """Score a run (every test image into every other class) or a folder of images: FID, KID, expression
+    accuracy, identity; the paper's protocol unless told otherwise."""
+    _check_evaluate_arguments(run, images, snapshot, protocol, reference, method, out, image_size)
     from animexpr.model.classifier import ClassifierConfig
     from animexpr.model.data import resolve_snapshot
-    from animexpr.model.evaluate import EvalOptions, evaluate_run
+    from animexpr.model.evaluate import (
+        DEFAULT_IMAGE_SIZE,
+        EVAL_JSON,
+        EvalOptions,
+        default_images_report,
+        evaluate_images,
+        evaluate_run,
+        resolve_run_dir,
+    )
 
     settings = get_settings(ctx)
     snapshot_folder = resolve_snapshot(snapshot, settings.home) if snapshot else None
     options = EvalOptions(
+        protocol=protocol,  # type: ignore[arg-type]  # checked above
         reference=reference,  # type: ignore[arg-type]  # checked above
         batch=batch,
         device=device,
@@ -84,37 +126,106 @@ def evaluate(
         classifier=ClassifierConfig(epochs=classifier_epochs),
     )
     with _progress_bar() as progress:
-        report = evaluate_run(run, checkpoint, snapshot_folder, options, progress)
+        if images is not None:
+            assert snapshot_folder is not None  # checked above
+            size = image_size or DEFAULT_IMAGE_SIZE
+            report = evaluate_images(images, snapshot_folder, out, method, size, options, progress)
+            written = out or default_images_report(images)
+        else:
+            assert run is not None  # checked above
+            report = evaluate_run(run, checkpoint, snapshot_folder, options, progress)
+            written = resolve_run_dir(run) / EVAL_JSON
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    from animexpr.model.evaluate import TABLE_COLUMNS, table_rows
+    _print_report(report, written)
 
-    table = Table(
-        *TABLE_COLUMNS, title=f"{report['run']} ({report['variant']}, iteration {report['iteration']})"
-    )
+
+def _check_evaluate_arguments(
+    run: Path | None,
+    images: Path | None,
+    snapshot: str | None,
+    protocol: str,
+    reference: str | None,
+    method: str | None,
+    out: Path | None,
+    image_size: int | None,
+) -> None:
+    if (run is None) == (images is None):
+        raise typer.BadParameter("give a run folder or --images DIR (one of them)", param_hint="RUN")
+    if images is not None and snapshot is None:
+        raise typer.BadParameter("--images needs --snapshot (the real images to compare with)")
+    if images is None and (method is not None or out is not None or image_size is not None):
+        raise typer.BadParameter("--method, --out and --image-size go with --images only")
+    if protocol not in ("paper", "per-class"):
+        raise typer.BadParameter("expected paper or per-class", param_hint="--protocol")
+    if reference is not None and reference not in ("all", "train", "test"):
+        raise typer.BadParameter("expected all, train or test", param_hint="--reference")
+    if protocol == "paper" and reference not in (None, "test"):
+        raise typer.BadParameter(
+            "goes with --protocol per-class; the paper protocol compares with the test images",
+            param_hint="--reference",
+        )
+
+
+def _print_report(report: dict[str, Any], written: Path) -> None:
+    from animexpr.model.evaluate import TABLE_COLUMNS, headline, protocol_text, table_rows, title
+
+    table = Table(*TABLE_COLUMNS, title=title(report))
     for row in table_rows(report):
         table.add_row(*row)
     console.print(table)
+    console.print(protocol_text(report), markup=False, highlight=False)
     accuracy = report["classifier"]["test_accuracy"]
     timing = report["timing"]
+    scores = headline(report)
+    speed = (
+        f"; {timing['generation_ms_per_1000']:.0f} ms per 1,000 translations on {timing['device']} "
+        f"({timing['translate_and_score_ms_per_1000']:.0f} ms with scoring)"
+        if "generation_ms_per_1000" in timing
+        else ""
+    )
+    fid_text = "-" if scores.get("fid") is None else f"{scores['fid']:.2f}"
     console.print(
-        f"classifier test accuracy {accuracy if accuracy is None else f'{accuracy:.3f}'}; "
-        f"{timing['generation_ms_per_1000']:.0f} ms per 1,000 translations on {timing['device']} "
-        f"({timing['translate_and_score_ms_per_1000']:.0f} ms with scoring); written to {run}/eval.json"
+        f"FID {fid_text} ({report['protocol']}); classifier test accuracy "
+        f"{accuracy if accuracy is None else f'{accuracy:.3f}'}{speed}; written to {written}",
+        markup=False,
+        highlight=False,
     )
 
 
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Evaluated run folders.")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(help="Evaluated run folders, folders of scored images, or eval.json files."),
+    ],
     out: Annotated[Path, typer.Option(help="Markdown report to write.")] = Path("report.md"),
     figure: Annotated[Path | None, typer.Option(help="Figure PNG (default: beside the report).")] = None,
     rows: Annotated[int, typer.Option(help="Test inputs shown in the figure.")] = 8,
+    table: Annotated[
+        str, typer.Option(help="The paper's table layout: 1 (ablations), 2 (methods) or both.")
+    ] = ("both"),
+    allow_mismatch: Annotated[
+        bool,
+        typer.Option(
+            help="List rows scored under different protocols, real sets or sample sizes with a warning "
+            "instead of refusing them."
+        ),
+    ] = False,
 ) -> None:
-    """Table 1 for these runs (FID, KID, expression accuracy, identity, size, speed) and a figure."""
+    """The paper's Table 1 and/or Table 2 for these rows, the paper's figures beside ours, and a figure."""
+    if table not in ("1", "2", "both"):
+        raise typer.BadParameter("expected 1, 2 or both", param_hint="--table")
     from animexpr.model.compare import compare_runs
 
-    result = compare_runs(runs, out, figure, rows)
+    result = compare_runs(
+        runs,
+        out,
+        figure,
+        rows,
+        table=table,  # type: ignore[arg-type]  # checked above
+        allow_mismatch=allow_mismatch,
+    )
     console.print(result.markdown, markup=False, highlight=False)
     console.print(f"written {out}" + (f" and {result.figure}" if result.figure else ""))
 
