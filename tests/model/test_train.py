@@ -92,6 +92,11 @@ def test_another_iters_on_resume_says_what_it_changes_in_the_schedule() -> None:
     shorter = schedule_change(saved, TrainConfig(data="", iters=50_000, decay_start=100_000))
     assert shorter is not None
     assert "no longer decays" in shorter
+    undecayed = TrainConfig(data="", iters=500, decay_start=100_000)
+    assert schedule_change(undecayed, TrainConfig(data="", iters=1000, decay_start=100_000)) is None
+    starts = schedule_change(undecayed, TrainConfig(data="", iters=150_000, decay_start=100_000))
+    assert starts is not None
+    assert "now decays from iteration 100000 to 150000" in starts
 
 
 def test_label_effect_is_zero_when_the_output_ignores_the_class() -> None:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from animexpr.cli_common import console, get_settings
-from animexpr.model.config import DEVICE_CHOICES, VARIANTS, TrainConfig
+from animexpr.model.config import ALL_VARIANTS, BASELINES, DEVICE_CHOICES, VARIANT_DEFAULTS, TrainConfig
 
 if TYPE_CHECKING:
     from animexpr.model.transform import CropMode, Cropper
@@ -30,18 +30,43 @@ def _opt(help_text: str, **kwargs: Any) -> Any:
     return typer.Option(help=help_text, show_default=True, **kwargs)
 
 
+def _per_variant(help_text: str, name: str) -> Any:
+    """An option whose default depends on the variant: the baselines train with their authors' values."""
+    baseline = VARIANT_DEFAULTS[BASELINES[0]][name]
+    return typer.Option(
+        help=f"{help_text} Default: {_DEFAULTS[name]}; {' and '.join(BASELINES)}: {baseline}.",
+        show_default=False,
+    )
+
+
+def _baseline_only(help_text: str, defaults: str) -> Any:
+    return typer.Option(help=f"{help_text} {' and '.join(BASELINES)} only; default: {defaults}.")
+
+
 def train(
     ctx: typer.Context,
     snapshot: Annotated[str, _opt("Snapshot NAME (in HOME/snapshots) or a snapshot/export folder.")],
-    variant: Annotated[str, _opt(f"One of: {', '.join(VARIANTS)}.")] = _DEFAULTS["variant"],
-    iters: Annotated[int, _opt("Discriminator iterations.")] = _DEFAULTS["iters"],
-    batch: Annotated[int, _opt("Global batch size.")] = _DEFAULTS["batch"],
+    variant: Annotated[
+        str,
+        _opt(
+            f"One of: {', '.join(ALL_VARIANTS)}. {' and '.join(BASELINES)} are Table 2's baselines, trained "
+            "with their authors' settings (batch 1, Adam 2e-4, LSGAN, no EMA): one iteration is one step of "
+            "one class pair."
+        ),
+    ] = _DEFAULTS["variant"],
+    iters: Annotated[int | None, _per_variant("Training iterations.", "iters")] = None,
+    batch: Annotated[int | None, _per_variant("Global batch size.", "batch")] = None,
     image_size: Annotated[int, _opt("Training resolution in px.")] = _DEFAULTS["image_size"],
-    n_critic: Annotated[int, _opt("D iterations per G update.")] = _DEFAULTS["n_critic"],
-    lr: Annotated[float, _opt("Adam learning rate of G and D.")] = _DEFAULTS["lr"],
-    decay_start: Annotated[int, _opt("Iteration where the linear decay to 0 begins.")] = _DEFAULTS[
-        "decay_start"
-    ],
+    n_critic: Annotated[int | None, _per_variant("D iterations per G update.", "n_critic")] = None,
+    lr: Annotated[float | None, _per_variant("Adam learning rate of G and D.", "lr")] = None,
+    decay_start: Annotated[
+        int | None,
+        typer.Option(
+            help="Iteration where the linear decay to 0 begins. "
+            f"Default: {_DEFAULTS['decay_start']}; {' and '.join(BASELINES)}: half of --iters.",
+            show_default=False,
+        ),
+    ] = None,
     lr_schedule: Annotated[
         str,
         _opt(
@@ -50,15 +75,31 @@ def train(
         ),
     ] = _DEFAULTS["lr_schedule"],
     ema: Annotated[
-        float,
-        _opt("EMA decay of G's weights (transform and evaluate use the EMA); 0 turns the EMA off."),
-    ] = _DEFAULTS["ema_beta"],
+        float | None,
+        _per_variant(
+            "EMA decay of G's weights (transform and evaluate use the EMA); 0 turns it off.", "ema_beta"
+        ),
+    ] = None,
     lambda_cx: Annotated[float, _opt("Contextual loss weight.")] = _DEFAULTS["lambda_cx"],
     lambda_cls: Annotated[float, _opt("Classification loss weight.")] = _DEFAULTS["lambda_cls"],
     lambda_gp: Annotated[float, _opt("Gradient penalty weight.")] = _DEFAULTS["lambda_gp"],
-    lambda_rec: Annotated[float, _opt("Cycle reconstruction weight (variants without CX).")] = _DEFAULTS[
-        "lambda_rec"
-    ],
+    lambda_rec: Annotated[
+        float | None,
+        _per_variant("Cycle reconstruction weight (variants without CX; lambda_cyc).", "lambda_rec"),
+    ] = None,
+    lambda_identity: Annotated[
+        float | None,
+        _baseline_only("Identity loss weight (CycleGAN: times lambda_rec);", "cyclegan 0.5, combogan 0"),
+    ] = None,
+    resnet_blocks: Annotated[
+        int | None, _baseline_only("ResNet blocks per generator (ComboGAN: n // 2 in the encoder);", "9")
+    ] = None,
+    patch_layers: Annotated[
+        int | None, _baseline_only("Stride-2 convs of the PatchGAN D;", "cyclegan 3, combogan 4")
+    ] = None,
+    pool_size: Annotated[
+        int, _opt("Earlier fakes kept per discriminator, 0: none; cyclegan and combogan only.")
+    ] = _DEFAULTS["pool_size"],
     lambda_mask: Annotated[float, _opt("Mask collapse guard weight (0: off).")] = _DEFAULTS["lambda_mask"],
     balanced: Annotated[bool, _opt("Draw classes uniformly, not by frequency.")] = _DEFAULTS["balanced"],
     device: Annotated[str, _opt(f"{DEVICE_CHOICES}.")] = _DEFAULTS["device"],
@@ -82,9 +123,10 @@ def train(
     ] = None,
     vgg_download: Annotated[bool, _opt("Download the VGG19 weights (sha256-checked) if not found.")] = False,
     vgg_random: Annotated[bool, _opt("Random VGG19 weights (tests and speed runs only).")] = False,
-    cuda_graphs: Annotated[bool, _opt("Capture the steps as CUDA graphs (one GPU).")] = _DEFAULTS[
-        "cuda_graphs"
-    ],
+    cuda_graphs: Annotated[
+        bool | None,
+        _per_variant("Capture the steps as CUDA graphs (one GPU; never for the baselines).", "cuda_graphs"),
+    ] = None,
     compile_nets: Annotated[
         bool, typer.Option("--compile", help="torch.compile G's parts and VGG (D stays eager).")
     ] = False,
@@ -102,9 +144,11 @@ def train(
             "(PyTorch's default: the label barely changes G's output at first)."
         ),
     ] = _DEFAULTS["mapping_init"],
-    log_every: Annotated[int, _opt("Iterations between stats lines.")] = _DEFAULTS["log_every"],
-    sample_every: Annotated[int, _opt("Iterations between sample grids.")] = _DEFAULTS["sample_every"],
-    ckpt_every: Annotated[int, _opt("Iterations between checkpoints.")] = _DEFAULTS["ckpt_every"],
+    log_every: Annotated[int | None, _per_variant("Iterations between stats lines.", "log_every")] = None,
+    sample_every: Annotated[
+        int | None, _per_variant("Iterations between sample grids.", "sample_every")
+    ] = None,
+    ckpt_every: Annotated[int | None, _per_variant("Iterations between checkpoints.", "ckpt_every")] = None,
     keep_ckpts: Annotated[int, _opt("Checkpoints of each kind kept.")] = _DEFAULTS["keep_ckpts"],
     dry_run: Annotated[bool, _opt("Print the config and parameter counts, then stop.")] = False,
 ) -> None:
@@ -114,25 +158,27 @@ def train(
 
     settings = get_settings(ctx)
     data = resolve_snapshot(snapshot, settings.home).resolve()
-    cfg = TrainConfig(
-        data=str(data),
-        variant=variant,
+    given: dict[str, Any] = dict(  # noqa: C408  # keyword form: the TrainConfig field names, unquoted
         iters=iters,
         batch=batch,
         image_size=image_size,
         n_critic=n_critic,
         lr=lr,
         decay_start=decay_start,
-        lr_schedule=lr_schedule,  # type: ignore[arg-type]  # TrainConfig checks the value
+        lr_schedule=lr_schedule,  # TrainConfig checks the value
         ema_beta=ema,
         lambda_cx=lambda_cx,
         lambda_cls=lambda_cls,
         lambda_gp=lambda_gp,
         lambda_rec=lambda_rec,
+        lambda_identity=lambda_identity,
+        resnet_blocks=resnet_blocks,
+        patch_layers=patch_layers,
+        pool_size=pool_size,
         lambda_mask=lambda_mask,
         balanced=balanced,
         device=device,
-        precision=precision,  # type: ignore[arg-type]  # TrainConfig checks the value
+        precision=precision,  # TrainConfig checks the value
         seed=seed,
         vgg_weights=str(vgg_weights) if vgg_weights else None,
         vgg_random=vgg_random,
@@ -145,12 +191,14 @@ def train(
         d_repeat_num=d_repeat_num,
         mapping_dim=mapping_dim,
         style_dim=style_dim,
-        mapping_init=mapping_init,  # type: ignore[arg-type]  # TrainConfig checks the value
+        mapping_init=mapping_init,  # TrainConfig checks the value
         log_every=log_every,
         sample_every=sample_every,
         ckpt_every=ckpt_every,
         keep_ckpts=keep_ckpts,
     )
+    # Options left out take the variant's default (the baselines' differ from the paper's).
+    cfg = TrainConfig.for_variant(str(data), variant, **{k: v for k, v in given.items() if v is not None})
     if dry_run:
         console.print_json(cfg.to_json())
         _print_parameter_counts(cfg)
@@ -159,7 +207,7 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the other processes show nothing
         result = run_training(cfg, runs_root, resume, None, vgg_download)
         return
-    with _progress_bar() as (progress_fn, _):
+    with _progress_bar(_BASELINE_SHOWN if cfg.is_baseline else _SHOWN) as (progress_fn, _):
         result = run_training(cfg, runs_root, resume, progress_fn, vgg_download)
     if result.interrupted:
         console.print(f"stopped at iteration {result.iteration}; resume with --resume {result.run_dir}")
@@ -171,23 +219,45 @@ def train(
         )
     else:  # resumed a run that had already reached --iters
         console.print(
-            f"{result.run_dir} is already at iteration {result.iteration} (--iters {iters}): nothing to do"
+            f"{result.run_dir} is already at iteration {result.iteration} (--iters {cfg.iters}): "
+            "nothing to do"
         )
 
 
 def _print_parameter_counts(cfg: TrainConfig) -> None:
+    import torch
+
+    from animexpr.model.baselines import (
+        baseline_parameter_counts,
+        build_baseline_discriminators,
+        build_baseline_generator,
+    )
     from animexpr.model.networks import build_networks, parameter_counts
 
     table = Table("part", "parameters")
-    generator, discriminator = build_networks(cfg, num_classes=4)
-    for name, count in parameter_counts(generator, discriminator).items():
+    with torch.device("meta"):  # shapes only: a CycleGAN of 4 classes holds 170 million parameters
+        if cfg.is_baseline:
+            counts = baseline_parameter_counts(
+                build_baseline_generator(cfg, num_classes=4),
+                build_baseline_discriminators(cfg, num_classes=4),
+            )
+        else:
+            counts = parameter_counts(*build_networks(cfg, num_classes=4))
+    for name, count in counts.items():
         table.add_row(name, f"{count:,}")
     console.print(f"{cfg.variant} (counts for 4 classes)")
     console.print(table)
 
 
+_SHOWN = ("D/loss_gp", "G/loss_fake", "G/loss_cls", "G/mask_mean", "ms_per_iter")
+_BASELINE_SHOWN = ("D/loss_real", "D/loss_fake", "G/loss_fake", "G/loss_rec", "ms_per_iter")
+
+
 class _progress_bar:
     """A rich progress bar fed by the training loop's callback, with the latest losses beside it."""
+
+    def __init__(self, shown: tuple[str, ...]) -> None:
+        self.shown = shown
 
     def __enter__(self) -> tuple[Any, Progress]:
         self.progress = Progress(
@@ -205,8 +275,7 @@ class _progress_bar:
             if self.task is None:
                 self.task = self.progress.add_task("train", total=total, completed=iteration, status="")
             if stats:
-                shown = ("D/loss_gp", "G/loss_fake", "G/loss_cls", "G/mask_mean", "ms_per_iter")
-                status = " ".join(f"{k.split('/')[-1]} {stats[k]:.3g}" for k in shown if k in stats)
+                status = " ".join(f"{k.split('/')[-1]} {stats[k]:.3g}" for k in self.shown if k in stats)
                 self.progress.update(self.task, status=status)
             self.progress.update(self.task, completed=iteration, total=total)
 
@@ -220,6 +289,13 @@ def transform(
     ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Face crops or full illustrations.", exists=True)],
     to: Annotated[str | None, _opt("Target class.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="The class of the faces given; cyclegan and combogan need it, the others ignore it.",
+        ),
+    ] = None,
     all_classes: Annotated[
         bool, typer.Option("--all", help="A grid with every class (and the masks).")
     ] = False,
@@ -240,7 +316,7 @@ def transform(
     settings = get_settings(ctx)
     loaded = load_generator(checkpoint or settings.home / "runs", device)
     mode: CropMode = crop  # type: ignore[assignment]  # checked above
-    written = transform_images(images, loaded, out, to, _curate_cropper(), mode)
+    written = transform_images(images, loaded, out, to, _curate_cropper(), mode, source)
     console.print(
         f"{len(written)} image(s) written to {out} by {loaded.config.variant} "
         f"(iteration {loaded.iteration}, {loaded.source.name})"

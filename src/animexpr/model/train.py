@@ -4,6 +4,10 @@ Per iteration: one discriminator step (WGAN-GP + classification on real images);
 also one generator step (adversarial + classification on fakes + cycle or contextual loss + mask guard) and
 the EMA update. On a single GPU both kinds of iteration are captured once as CUDA graphs (sampling, forward,
 backward and the fused Adam step), which removes the kernel-launch overhead that dominates at batch 16.
+
+The baselines of Table 2 (CycleGAN, ComboGAN) bring their own trainer (model/baseline_train.py); the run
+around it (folders, stats, samples, checkpoints, resume, Ctrl-C, NaN stop) is this module's for both, through
+the `RunTrainer` protocol.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +77,39 @@ class NonFiniteLossError(AnimexprError):
     pass
 
 
+class RunTrainer(Protocol):
+    """What the run around a trainer uses: the StarGAN family's `Trainer` and the baselines' trainers."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    iteration: int
+    use_graphs: bool
+
+    @property
+    def images_per_iteration(self) -> int: ...  # real images drawn per iteration (stats' kimg)
+
+    def run_iteration(self) -> None: ...
+
+    def flush_stats(self) -> dict[str, float]: ...
+
+    def translate(
+        self, x: Tensor, source: Tensor | None = None, use_ema: bool = True
+    ) -> tuple[list[Tensor], list[Tensor] | None]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def prepare(self) -> None: ...
+
+    def parameter_counts(self) -> dict[str, int]: ...
+
+    def generator_state(self) -> dict[str, Tensor]: ...  # what the G_ema-*.safetensors file holds
+
+    def synced_modules(self) -> list[nn.Module]: ...  # the networks DDP keeps equal on every rank
+
+
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
@@ -102,11 +139,11 @@ def learning_rate(cfg: TrainConfig, iteration: int) -> float:
 
 def schedule_change(saved: TrainConfig, new: TrainConfig) -> str | None:
     """What another --iters changes in a resumed run's learning-rate schedule (None: nothing)."""
-    if saved.iters == new.iters:
+    if saved.iters == new.iters or max(saved.iters, new.iters) <= saved.decay_start:
         return None
-    if min(saved.iters, new.iters) <= saved.decay_start:
-        if new.iters <= saved.decay_start:
-            return f"--iters {new.iters} instead of {saved.iters}: the learning rate no longer decays"
+    if new.iters <= saved.decay_start:
+        return f"--iters {new.iters} instead of {saved.iters}: the learning rate no longer decays"
+    if saved.iters <= saved.decay_start:
         return (
             f"--iters {new.iters} instead of {saved.iters}: the learning rate now decays from iteration "
             f"{saved.decay_start} to {new.iters}"
@@ -253,6 +290,16 @@ class Trainer:
 
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self.G, self.D)
+
+    @property
+    def images_per_iteration(self) -> int:
+        return self.cfg.batch
+
+    def generator_state(self) -> dict[str, Tensor]:
+        return self.G_ema.state_dict()
+
+    def synced_modules(self) -> list[nn.Module]:
+        return [self.G, self.D]
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(
@@ -595,7 +642,7 @@ def _resolve_run(
 
 
 def _load_vgg(cfg: TrainConfig, vgg_download: bool) -> VGG19Features | None:
-    if cfg.spec.identity_loss != "contextual":
+    if cfg.is_baseline or cfg.spec.identity_loss != "contextual":
         return None
     return load_vgg19_features(
         cfg.cx_layer, cfg.vgg_weights, random_weights=cfg.vgg_random, download=vgg_download
@@ -608,7 +655,7 @@ class _RunWriter:
     def __init__(
         self,
         run_dir: Path,
-        trainer: Trainer,
+        trainer: RunTrainer,
         fixed: tuple[Tensor, Tensor],
         manifest_sha256: str,
         classes: list[str],
@@ -651,19 +698,19 @@ class _RunWriter:
             "iteration": str(trainer.iteration),
             "format": "animexpr-generator-1",
         }
-        ckpt.save_generator(self.last_generator, trainer.G_ema.state_dict(), metadata)
+        ckpt.save_generator(self.last_generator, trainer.generator_state(), metadata)
         ckpt.prune_checkpoints(self.run_dir, trainer.cfg.keep_ckpts)
         log.info("checkpoint %s", self.last_state)
 
 
-def _rng_state(trainer: Trainer) -> dict[str, Tensor]:
+def _rng_state(trainer: RunTrainer) -> dict[str, Tensor]:
     rng = {"cpu": torch.get_rng_state()}
     if trainer.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(trainer.device).cpu()
     return rng
 
 
-def _restore_rank_rng(state: dict[str, Any], trainer: Trainer) -> None:
+def _restore_rank_rng(state: dict[str, Any], trainer: RunTrainer) -> None:
     by_rank = state.get("rng_by_rank") or []
     if trainer.info.world_size == len(by_rank) and trainer.info.world_size > 1:
         rng = by_rank[trainer.info.rank]
@@ -698,6 +745,8 @@ def _train(
     snapshot = load_snapshot(Path(cfg.data))
     manifest_sha256 = snapshot.manifest_sha256
     device = resolve_device(cfg.device, info.local_rank)  # before any folder is made for the run
+    if cfg.is_baseline and info.enabled:
+        raise AnimexprError(f"{cfg.variant} trains in one process, as its authors: run it without torchrun")
     decision = None
     if info.is_main:
         description = f"{snapshot.name}-{cfg.variant}".replace("/", "_")
@@ -717,7 +766,7 @@ def _train(
     fixed_inputs = to_model_input(fixed_images[picks], channels_last=False).to(device)
     fixed_labels = torch.as_tensor(fixed_labels[picks], dtype=torch.long, device=device)
 
-    trainer = Trainer(cfg, batches, device, info, _load_vgg(cfg, vgg_download))
+    trainer = _build_trainer(cfg, batches, device, info, vgg_download)
     if state_file is not None:
         _load_checked_state(trainer, state_file, manifest_sha256, cfg)
         log.info("resumed %s at iteration %d", run_dir, trainer.iteration)
@@ -732,7 +781,7 @@ def _train(
             ", ".join(f"{k} {v:,}" for k, v in counts.items()),
             device,
             cfg.precision,
-            ", CUDA graphs" if trainer.use_graphs else "",
+            _execution_note(trainer),
         )
     trainer.prepare()
     writer = (
@@ -750,7 +799,25 @@ def _train(
     )
 
 
-def _load_checked_state(trainer: Trainer, state_file: Path, manifest_sha256: str, cfg: TrainConfig) -> None:
+def _build_trainer(
+    cfg: TrainConfig, batches: FaceBatches, device: torch.device, info: DistInfo, vgg_download: bool
+) -> RunTrainer:
+    if cfg.is_baseline:
+        from animexpr.model.baseline_train import build_baseline_trainer  # it imports this module
+
+        return build_baseline_trainer(cfg, batches, device, info)
+    return Trainer(cfg, batches, device, info, _load_vgg(cfg, vgg_download))
+
+
+def _execution_note(trainer: RunTrainer) -> str:
+    if trainer.cfg.is_baseline:
+        return ", eager (no CUDA graphs for the baselines), no EMA (the generator file holds the trained G)"
+    return ", CUDA graphs" if trainer.use_graphs else ""
+
+
+def _load_checked_state(
+    trainer: RunTrainer, state_file: Path, manifest_sha256: str, cfg: TrainConfig
+) -> None:
     state = ckpt.load_training_state(state_file)
     if state.get("manifest_sha256") != manifest_sha256:
         raise AnimexprError(f"{state_file} was trained on another snapshot than {cfg.data}")
@@ -761,7 +828,7 @@ def _load_checked_state(trainer: Trainer, state_file: Path, manifest_sha256: str
     _restore_rank_rng(state, trainer)
 
 
-def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | None) -> bool:
+def _loop(trainer: RunTrainer, writer: _RunWriter | None, progress: ProgressFn | None) -> bool:
     """Iterate to cfg.iters; returns True when stopped by Ctrl-C (after writing a checkpoint)."""
     cfg, info, device = trainer.cfg, trainer.info, trainer.device
     window_start = time.perf_counter()
@@ -785,7 +852,8 @@ def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | No
                 window_start, window_iterations = time.perf_counter(), 0
                 if writer is not None:
                     stats["G/label_effect"] = writer.label_effect()
-                    writer.append_stats({"iteration": it, "kimg": it * cfg.batch / 1000, **stats})
+                    kimg = it * trainer.images_per_iteration / 1000
+                    writer.append_stats({"iteration": it, "kimg": kimg, **stats})
                     log.debug("iteration %d %s", it, stats)
             if writer is not None and (it % cfg.sample_every == 0 or it == cfg.iters):
                 writer.save_samples()
@@ -801,18 +869,18 @@ def _loop(trainer: Trainer, writer: _RunWriter | None, progress: ProgressFn | No
     return False
 
 
-def _check_ranks_agree(trainer: Trainer) -> None:
+def _check_ranks_agree(trainer: RunTrainer) -> None:
     """Under DDP every rank holds the same networks (the same all-reduced updates): check before saving."""
     if not trainer.info.enabled:
         return
     with torch.no_grad():
-        checksum = [float(sum(p.double().sum() for p in m.parameters())) for m in (trainer.G, trainer.D)]
+        checksum = [float(sum(p.double().sum() for p in m.parameters())) for m in trainer.synced_modules()]
     sums = gather_objects(checksum, trainer.info)
     if any(s != sums[0] for s in sums):
         raise AnimexprError(f"DDP ranks hold different networks (parameter sums {sums}); not saving")
 
 
-def _checked_stats(trainer: Trainer, writer: _RunWriter | None) -> dict[str, float]:
+def _checked_stats(trainer: RunTrainer, writer: _RunWriter | None) -> dict[str, float]:
     try:
         return trainer.flush_stats()
     except NonFiniteLossError as exc:
@@ -823,13 +891,13 @@ def _checked_stats(trainer: Trainer, writer: _RunWriter | None) -> dict[str, flo
         raise NonFiniteLossError(f"training stopped: {exc}; {where} (try a lower --lr)") from exc
 
 
-def _timing(trainer: Trainer, elapsed: float, iterations: int) -> dict[str, float]:
+def _timing(trainer: RunTrainer, elapsed: float, iterations: int) -> dict[str, float]:
     cfg = trainer.cfg
     ms_per_iter = 1000 * elapsed / max(iterations, 1)
     timing = {
         "lr": learning_rate(cfg, trainer.iteration - 1),
         "ms_per_iter": ms_per_iter,
-        "images_per_s": cfg.batch * 1000 / ms_per_iter if ms_per_iter > 0 else 0.0,
+        "images_per_s": trainer.images_per_iteration * 1000 / ms_per_iter if ms_per_iter > 0 else 0.0,
     }
     if trainer.device.type == "cuda":
         timing["peak_mem_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
@@ -837,9 +905,9 @@ def _timing(trainer: Trainer, elapsed: float, iterations: int) -> dict[str, floa
 
 
 def config_for_run(data: Path, **overrides: Any) -> TrainConfig:
-    """A TrainConfig for a snapshot folder, with any fields overridden (the CLI and tests use this)."""
+    """A TrainConfig for a snapshot folder: the variant's defaults, then any fields overridden."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(overrides) - fields
     if unknown:
         raise AnimexprError(f"unknown training setting {sorted(unknown)[0]!r}")
-    return TrainConfig(data=str(data.resolve()), **overrides)
+    return TrainConfig.for_variant(str(data.resolve()), **overrides)

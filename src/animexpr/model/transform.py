@@ -1,7 +1,8 @@
 """Turn faces into other expressions with a trained generator (the EMA weights of a run).
 
 Full illustrations are cut into faces first by a cropper, a function RGB image -> face crops that the caller
-provides (the CLI passes the curate room's); already-cropped faces go straight in.
+provides (the CLI passes the curate room's); already-cropped faces go straight in. The baselines (CycleGAN,
+ComboGAN) translate from a known class: they need the source class of the faces (`source`, `--from`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from animexpr.errors import AnimexprError
 from animexpr.images import ImageDecodeError, decode_image
+from animexpr.model.baselines import build_baseline_generator
 from animexpr.model.checkpoint import latest_generator, load_generator_file, unusable
 from animexpr.model.config import TrainConfig
 from animexpr.model.data import resize_square
@@ -33,7 +35,9 @@ CropMode = Literal["auto", "always", "never"]
 
 @dataclass(frozen=True)
 class LoadedGenerator:
-    generator: Generator
+    # networks.Generator or a baseline's baselines.PairTranslator; both are called as
+    # generator(x, target one-hot, source one-hot or None) -> (y, mask or None) and say `needs_source`.
+    generator: torch.nn.Module
     classes: tuple[str, ...]
     config: TrainConfig
     iteration: int
@@ -55,12 +59,28 @@ def load_generator(checkpoint: Path, device: str | torch.device = "cpu") -> Load
         config = TrainConfig.from_json(metadata["config"])
         classes = tuple(str(name) for name in json.loads(metadata["classes"]))
         iteration = int(metadata.get("iteration", 0))
-        generator = Generator(len(classes), config.spec, config)
+        generator: torch.nn.Module
+        if config.is_baseline:  # every pair generator (CycleGAN) or encoder and decoder (ComboGAN)
+            generator = build_baseline_generator(config, len(classes))
+        else:
+            generator = Generator(len(classes), config.spec, config)
         generator.load_state_dict(weights)
     except (RuntimeError, ValueError, TypeError, KeyError, AnimexprError) as exc:  # tampered or foreign
         raise unusable(path, "not a usable animexpr generator", exc) from exc
     generator.requires_grad_(False).eval()
     return LoadedGenerator(generator.to(target), classes, config, iteration, path, target)
+
+
+def checked_source(loaded: LoadedGenerator, source: str | None) -> int | None:
+    """The index of the faces' class `source`; a clear error when the generator needs one and has none."""
+    if source is None:
+        if bool(getattr(loaded.generator, "needs_source", False)):
+            raise AnimexprError(
+                f"{loaded.config.variant} translates from a known class: give the class of the faces "
+                f"(--from CLASS, one of {', '.join(loaded.classes)})"
+            )
+        return None
+    return loaded.class_index(source)
 
 
 def to_tensor(faces: Sequence[np.ndarray], image_size: int, device: torch.device) -> torch.Tensor:
@@ -69,25 +89,35 @@ def to_tensor(faces: Sequence[np.ndarray], image_size: int, device: torch.device
     return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def _onehot(loaded: LoadedGenerator, index: int, count: int) -> torch.Tensor:
+    labels = torch.full((count,), index, dtype=torch.long, device=loaded.device)
+    return torch.nn.functional.one_hot(labels, len(loaded.classes)).float()
+
+
 @torch.no_grad()
 def translate(
-    loaded: LoadedGenerator, faces: Sequence[np.ndarray], targets: Sequence[int]
+    loaded: LoadedGenerator, faces: Sequence[np.ndarray], targets: Sequence[int], source: int | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
-    """Inputs, their translations to each class in `targets` and the masks (None without a mask network)."""
+    """Inputs (of class `source`, if known), their translations to each class in `targets` and the masks
+    (None without a mask network)."""
     x = to_tensor(faces, loaded.config.image_size, loaded.device)
+    source_onehot = None if source is None else _onehot(loaded, source, len(x))
     outputs, masks = [], []
     for target in targets:
-        labels = torch.full((len(x),), target, dtype=torch.long, device=loaded.device)
-        y, m = loaded.generator(x, torch.nn.functional.one_hot(labels, len(loaded.classes)).float())
+        y, m = loaded.generator(x, _onehot(loaded, target, len(x)), source_onehot)
         outputs.append(y)
         if m is not None:
             masks.append(m)
     return x, outputs, (masks or None)
 
 
-def transform_face(loaded: LoadedGenerator, face: np.ndarray, target: str) -> np.ndarray:
-    """One face (RGB uint8) as the class `target`: an RGB uint8 image of the model's size."""
-    _, outputs, _ = translate(loaded, [face], [loaded.class_index(target)])
+def transform_face(
+    loaded: LoadedGenerator, face: np.ndarray, target: str, source: str | None = None
+) -> np.ndarray:
+    """One face (RGB uint8, of the class `source` if known) as the class `target`: an RGB uint8 image of the
+    model's size."""
+    source_index = checked_source(loaded, source)
+    _, outputs, _ = translate(loaded, [face], [loaded.class_index(target)], source_index)
     return ((outputs[0][0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
@@ -114,8 +144,13 @@ def transform_images(
     target: str | None = None,
     cropper: Cropper | None = None,
     crop: CropMode = "auto",
+    source: str | None = None,
 ) -> list[Path]:
-    """Write `<stem>[-face<i>]-<class>.png` for one target, or a grid `<stem>[-face<i>]-all.png` for all."""
+    """Write `<stem>[-face<i>]-<class>.png` for one target, or a grid `<stem>[-face<i>]-all.png` for all.
+
+    `source` is the class of every face given (needed by the baselines; the others ignore it).
+    """
+    source_index = checked_source(loaded, source)
     targets = [loaded.class_index(target)] if target is not None else list(range(len(loaded.classes)))
     written = []
     for path in paths:
@@ -129,7 +164,7 @@ def transform_images(
             continue
         for i, face in enumerate(faces):
             stem = path.stem if len(faces) == 1 else f"{path.stem}-face{i}"
-            x, outputs, masks = translate(loaded, [face], targets)
+            x, outputs, masks = translate(loaded, [face], targets, source_index)
             if target is not None:
                 out = out_dir / f"{stem}-{target}.png"
                 save_png(translation_grid(outputs[0], [], None), out)
