@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ def test_weights_load_from_a_torchvision_state_dict_file(tmp_path: Path) -> None
     model = load_vgg19_features("relu3_2", weights=path)
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name])
+    assert model.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # what config.json records
 
 
 def test_without_weights_it_stops_with_a_message_saying_what_to_do(

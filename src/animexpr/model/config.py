@@ -87,6 +87,7 @@ RUNTIME_FIELDS = frozenset(
         "cuda_graphs",
         "compile",
         "vgg_weights",
+        "vgg_sha256",
         "data",
     }
 )
@@ -128,6 +129,7 @@ class TrainConfig:
     cx_band_width: float = 0.5
     vgg_weights: str | None = None  # torchvision vgg19 state dict; None: cache, then pinned download
     vgg_random: bool = False  # random VGG weights: only for tests and speed runs
+    vgg_sha256: str | None = None  # set by training: "random" or the sha256 of the weights file it loaded
     # Widths (the defaults are the paper's; tiny values make CPU runs possible)
     g_conv_dim: int = 64
     g_res_blocks: int = 3  # bottlenecks on each side of G_trans (3 + 3)

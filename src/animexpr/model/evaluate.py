@@ -463,7 +463,9 @@ def _config_default(name: str) -> Any:
 
 def vgg_weights_record(config: dict[str, Any]) -> str | None:
     """The VGG19 of the contextual loss: "random", the sha256 of the weights file, or None (no contextual
-    loss). The file is the one this machine finds the way training does: training does not record it."""
+    loss). Runs from before training recorded it: the file this machine finds the way training does."""
+    if config.get("vgg_sha256"):  # recorded by training since it loads the file
+        return str(config["vgg_sha256"])
     if config.get("vgg_random", False):
         return "random"
     try:

@@ -766,7 +766,12 @@ def _train(
     fixed_inputs = to_model_input(fixed_images[picks], channels_last=False).to(device)
     fixed_labels = torch.as_tensor(fixed_labels[picks], dtype=torch.long, device=device)
 
-    trainer = _build_trainer(cfg, batches, device, info, vgg_download)
+    vgg = _load_vgg(cfg, vgg_download)
+    if vgg is not None:  # which VGG19 the contextual loss used changes every figure: config.json says it
+        cfg = dataclasses.replace(cfg, vgg_sha256=vgg.weights_sha256)
+        if info.is_main:
+            ckpt.write_run_config(run_dir, cfg.to_json())
+    trainer = _build_trainer(cfg, batches, device, info, vgg)
     if state_file is not None:
         _load_checked_state(trainer, state_file, manifest_sha256, cfg)
         log.info("resumed %s at iteration %d", run_dir, trainer.iteration)
@@ -800,13 +805,13 @@ def _train(
 
 
 def _build_trainer(
-    cfg: TrainConfig, batches: FaceBatches, device: torch.device, info: DistInfo, vgg_download: bool
+    cfg: TrainConfig, batches: FaceBatches, device: torch.device, info: DistInfo, vgg: VGG19Features | None
 ) -> RunTrainer:
     if cfg.is_baseline:
         from animexpr.model.baseline_train import build_baseline_trainer  # it imports this module
 
         return build_baseline_trainer(cfg, batches, device, info)
-    return Trainer(cfg, batches, device, info, _load_vgg(cfg, vgg_download))
+    return Trainer(cfg, batches, device, info, vgg)
 
 
 def _execution_note(trainer: RunTrainer) -> str:

@@ -66,6 +66,7 @@ class VGG19Features(nn.Module):
         if layer not in RELU_INDEX:
             raise ValueError(f"unknown VGG19 layer {layer!r}; known: {', '.join(RELU_INDEX)}")
         self.layer = layer
+        self.weights_sha256 = "random"  # or the sha256 of the weights file loaded (recorded in config.json)
         self.features = _vgg19_layers(RELU_INDEX[layer])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -147,9 +148,11 @@ def load_vgg19_features(
             return VGG19Features(layer)
     model = VGG19Features(layer)
     path = resolve_vgg19_weights(weights, download=download)
-    if verify and path.stat().st_size == VGG19_SIZE and sha256_file(path) != VGG19_SHA256:
+    digest = sha256_file(path)
+    if verify and path.stat().st_size == VGG19_SIZE and digest != VGG19_SHA256:
         raise WeightsMissingError(f"{path} has the size of {VGG19_FILE} but not its sha256: a damaged copy?")
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_torchvision_state_dict(state)
+    model.weights_sha256 = digest
     log.info("VGG19 weights from %s", path)
     return model
