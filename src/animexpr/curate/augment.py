@@ -247,6 +247,22 @@ def _seeded_order(crops: Sequence[CropFacts], seed: int) -> list[CropFacts]:
     return sorted(crops, key=lambda crop: hashlib.sha256(f"{seed}/{crop.sha256}".encode()).digest())
 
 
+def round_robin_copies(members: Sequence[CropFacts], copies: int, seed: int) -> dict[int, int]:
+    """Crop id -> augmented copies, `copies` in all, handed out round-robin over a seeded crop order.
+
+    Each crop gets base or base + 1 copies, and a larger count only adds copies, never moves them. The order
+    depends on the crops' bytes and the seed alone, so a subset of crops (the training side of a snapshot)
+    is served in the same relative order as the whole.
+    """
+    if not members:
+        return {}
+    base, remainder = divmod(copies, len(members))
+    return {
+        crop.id: base + (1 if position < remainder else 0)
+        for position, crop in enumerate(_seeded_order(members, seed))
+    }
+
+
 def plan_expansion(
     crops: Sequence[CropFacts], class_names: Sequence[str], target: int, balance: Balance, seed: int
 ) -> ExpansionPlan:
@@ -259,13 +275,7 @@ def plan_expansion(
     extra = apportion({name: len(members) for name, members in by_class.items()}, target, balance)
     variants: dict[int, int] = {}
     for name, members in by_class.items():
-        if not members:
-            continue
-        # Round-robin over a seeded order: each crop gets base or base + 1 copies, and a larger count only
-        # adds copies, never moves them.
-        base, remainder = divmod(extra[name], len(members))
-        for position, crop in enumerate(_seeded_order(members, seed)):
-            variants[crop.id] = base + (1 if position < remainder else 0)
+        variants |= round_robin_copies(members, extra[name], seed)
     per_class = {name: ClassCounts(len(by_class[name]), extra[name]) for name in class_names}
     return ExpansionPlan(target=target, balance=balance, seed=seed, per_class=per_class, variants=variants)
 
@@ -516,8 +526,44 @@ def _expand(
     dedup = update_duplicates(engine, store, max_distance, workers=workers)
     with Session(engine) as session:
         crops = eligible_crops(session, settings.class_names)
-        done = existing_variants(session, seed)
     plan = plan_expansion(crops, settings.class_names, target, balance, seed)
+    summary = _make_missing(engine, store, crops, plan, dedup, workers, progress)
+    if summary.complete:
+        _record_expansion(engine, plan, max_distance)
+    return summary
+
+
+def make_planned(
+    engine: Engine,
+    store: FileStore,
+    crops: Sequence[CropFacts],
+    plan: ExpansionPlan,
+    dedup: DedupSummary,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> ExpandSummary:
+    """Make the augmented images of a plan made elsewhere (a sized snapshot's) that the store still lacks.
+
+    The images and their rows are exactly those `expand` makes for the same crop, seed and variant index.
+    No expansion is recorded: the latest `expand` plan stays what plain snapshots take their images from.
+    Holds the home's expand lock, so it never runs beside an `expand`.
+    """
+    with hold_home_lock(store.home, "expand"):
+        workers = default_workers() if workers is None else max(1, workers)
+        return _make_missing(engine, store, crops, plan, dedup, workers, progress)
+
+
+def _make_missing(
+    engine: Engine,
+    store: FileStore,
+    crops: Sequence[CropFacts],
+    plan: ExpansionPlan,
+    dedup: DedupSummary,
+    workers: int,
+    progress: ProgressCallback | None,
+) -> ExpandSummary:
+    with Session(engine) as session:
+        done = existing_variants(session, plan.seed)
     jobs = _missing_jobs(plan, crops, done)
     summary = ExpandSummary(plan=plan, dedup=dedup, already_there=sum(plan.variants.values()))
     todo = sum(len(job.variants) for job in jobs)
@@ -536,16 +582,14 @@ def _expand(
             made += result.planned
             if len(pending) >= _INSERT_BATCH:
                 pending, finished = [], pending
-                _save(engine, finished, seed)
+                _save(engine, finished, plan.seed)
                 summary.created += len(finished)
             if progress is not None:
                 progress(made, todo)
     except KeyboardInterrupt:
         summary.interrupted = True
-        log.warning("interrupted: keeping the augmented images already made; run expand again to finish")
+        log.warning("interrupted: keeping the augmented images already made; run the command again to finish")
     finally:
-        _save(engine, pending, seed)  # rows only for files already complete on disk
+        _save(engine, pending, plan.seed)  # rows only for files already complete on disk
         summary.created += len(pending)
-    if summary.complete:
-        _record_expansion(engine, plan, max_distance)
     return summary

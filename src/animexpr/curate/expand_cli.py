@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -14,15 +15,18 @@ from rich.table import Table
 from animexpr.cli_common import console, err_console, get_state
 from animexpr.curate.augment import BALANCES, DEFAULT_TARGET, Balance, expand
 from animexpr.curate.dedup import DEFAULT_MAX_DISTANCE, update_duplicates
+from animexpr.curate.export_imagefolder import export_imagefolder
 from animexpr.curate.snapshot import (
+    COUNT_KEYS,
     DEFAULT_TEST_FRACTION,
     create_snapshot,
+    describe_snapshot,
     export_snapshot,
     list_snapshots,
-    read_dataset,
     resolve_folder,
     verify_snapshot,
 )
+from animexpr.curate.snapshot_plan import SnapshotSize
 from animexpr.errors import AnimexprError
 
 snapshot_app = typer.Typer(
@@ -83,11 +87,15 @@ def expand_command(
     seed: Annotated[int, typer.Option(help="Seed of the augmentation plan and of every image.")] = 0,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Processes [default: one per available core].", show_default=False),
+        typer.Option(min=1, help="Processes (default: one per available core).", show_default=False),
     ] = None,
     max_distance: MaxDistance = DEFAULT_MAX_DISTANCE,
 ) -> None:
-    """Augment accepted, de-duplicated crops until originals plus copies reach the target exactly."""
+    """Augment accepted, de-duplicated crops until originals plus copies reach the target exactly.
+
+    A snapshot with a test split leaves out the copies of its test crops; `snapshot create NAME --size N`
+    plans the copies for its training side instead and holds exactly N images.
+    """
     if balance not in BALANCES:
         raise AnimexprError(f"--balance must be one of {', '.join(BALANCES)}, not {balance!r}")
     chosen: Balance = "equal" if balance == "equal" else "proportional"
@@ -131,39 +139,109 @@ def expand_command(
         )
 
 
+Workers = Annotated[
+    int | None,
+    typer.Option(min=1, help="Processes (default: one per available core).", show_default=False),
+]
+
+
 @snapshot_app.command("create")
 def snapshot_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Snapshot name (letters, digits, . _ -).")],
+    size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Exactly this many images: every original (train and test) plus augmented copies of "
+            "training crops, made now where missing (default: the last `expand` plan, less the copies of "
+            "test crops).",
+            show_default=False,
+        ),
+    ] = None,
     test_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="Share of each class's crops held out, by source post.")
     ] = DEFAULT_TEST_FRACTION,
     seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            help="With --size: proportional keeps each class's share, equal evens the classes out "
+            "(default: proportional).",
+            show_default=False,
+        ),
+    ] = None,
+    augment_seed: Annotated[
+        int | None,
+        typer.Option(help="With --size: seed of the augmented copies (default: 0).", show_default=False),
+    ] = None,
+    workers: Workers = None,
 ) -> None:
     """Freeze accepted, de-duplicated crops and their augmentations into an immutable manifest."""
+    request = _size_request(size, balance, augment_seed)
     state = get_state(ctx)
-    info = create_snapshot(
-        state.engine, state.store, state.settings, name, test_fraction=test_fraction, seed=seed
-    )
-    _print_counts(info.counts["per_class"])
-    sizes = info.counts["split_sizes"]
+    try:
+        with progress_bar("creating the snapshot") as progress:
+            info = create_snapshot(
+                state.engine,
+                state.store,
+                state.settings,
+                name,
+                test_fraction=test_fraction,
+                seed=seed,
+                size=request,
+                workers=workers,
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted: the augmented copies made so far are kept; run the same command to finish"
+        )
+        raise typer.Exit(130) from None
+    if info.augmented_made:
+        console.print(f"made {info.augmented_made} augmented copies of training crops")
+    description = describe_snapshot(info.folder)
+    _print_counts(description)
+    sizes = description["split_sizes"]
     console.print(
-        f"snapshot [bold]{info.name}[/]: {info.counts['total']} images "
+        f"snapshot [bold]{info.name}[/]: {description['total']} images "
         f"(train {sizes['train']}, test {sizes['test']}), "
         f"manifest sha256 {info.manifest_sha256}"
     )
+    _note_left_out_copies(description)
 
 
-def _print_counts(per_class: dict[str, dict[str, int]]) -> None:
-    table = Table("class", "train originals", "train augmented", "test originals", "total")
-    for name, counts in per_class.items():
-        table.add_row(
-            name,
-            *(
-                str(counts.get(key, 0))
-                for key in ("train_original", "train_augmented", "test_original", "total")
-            ),
+def _size_request(size: int | None, balance: str | None, augment_seed: int | None) -> SnapshotSize | None:
+    if size is None:
+        if balance is not None or augment_seed is not None:
+            raise AnimexprError(
+                "--balance and --augment-seed go with --size; without it the snapshot takes the last "
+                "`animexpr expand` plan"
+            )
+        return None
+    chosen = balance or "proportional"
+    if chosen not in BALANCES:
+        raise AnimexprError(f"--balance must be one of {', '.join(BALANCES)}, not {chosen!r}")
+    return SnapshotSize(size, "equal" if chosen == "equal" else "proportional", augment_seed or 0)
+
+
+def _note_left_out_copies(description: dict[str, Any]) -> None:
+    """Without --size the test side's share of the expansion is missing: say so, and how to get the target."""
+    expansion = description["settings"].get("expansion") or {}
+    target = expansion.get("target")
+    if description["size"] is None and target and description["total"] < target:
+        err_console.print(
+            f"note: {target - description['total']} augmented copies of test crops in the last expansion "
+            f"(target {target}) are left out, since the test side holds originals only; "
+            f"`snapshot create NAME --size {target}` makes a snapshot of exactly {target} images"
         )
+
+
+def _print_counts(description: dict[str, Any]) -> None:
+    table = Table("class", "train originals", "train augmented", "test originals", "total")
+    rows = [*description["per_class"].items(), ("all", description["all"])]
+    for name, counts in rows:
+        table.add_row(name, *(str(counts[key]) for key in COUNT_KEYS))
     console.print(table)
 
 
@@ -187,20 +265,29 @@ def snapshot_list(ctx: typer.Context) -> None:
 
 @snapshot_app.command("show")
 def snapshot_show(
-    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Snapshot name or folder.")]
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Snapshot name or folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Show a snapshot's classes, counts, split sizes and the settings it was made with."""
+    """Show a snapshot's identity, per-class counts (originals, augmented, test) and its settings."""
     state = get_state(ctx)
-    folder = resolve_folder(state.settings, name)
-    dataset = read_dataset(folder)
-    console.print(f"snapshot [bold]{dataset.get('name')}[/] in {folder}")
-    console.print(f"manifest sha256 {dataset.get('manifest_sha256')}, created {dataset.get('created_at')}")
-    _print_counts(dataset.get("counts", {}))
-    settings = dataset.get("settings", {})
+    description = describe_snapshot(resolve_folder(state.settings, name))
+    if as_json:
+        print(json.dumps(description, indent=2, ensure_ascii=False))
+        return
+    console.print(f"snapshot [bold]{description['name']}[/] in {description['folder']}")
+    console.print(f"manifest sha256 {description['manifest_sha256']}, created {description['created_at']}")
+    if "snapshot_manifest_sha256" in description:
+        console.print(
+            f"exported from the snapshot with manifest sha256 {description['snapshot_manifest_sha256']}"
+        )
+    _print_counts(description)
+    settings = description["settings"]
     expansion = settings.get("expansion")
     if expansion:
+        goal = f"size {expansion['size']}" if "size" in expansion else f"target {expansion['target']}"
         console.print(
-            f"expansion: target {expansion['target']}, {expansion['balance']}, seed {expansion['seed']}, "
+            f"expansion: {goal}, {expansion['balance']}, seed {expansion['seed']}, "
             f"recipe {expansion['recipe']['version']}"
         )
     console.print(
@@ -232,18 +319,35 @@ def snapshot_verify(
     console.print(f"snapshot {name}: manifest and {report.files} files verified")
 
 
+EXPORT_FORMATS = ("stargan", "imagefolder")
+
+
 @snapshot_app.command("export")
 def snapshot_export(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Snapshot name or folder.")],
+    name: Annotated[str, typer.Argument(help="Snapshot name (or, for stargan, a snapshot folder).")],
     out_dir: Annotated[Path, typer.Argument(help="New or empty folder.")],
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="stargan: DIR/{train,test}/<class>/*.png with metadata.jsonl; imagefolder: "
+            "DIR/{train,test}/*.png with a metadata.csv of provenance and a dataset card, for Hugging Face "
+            "datasets' load_dataset('imagefolder', data_dir=DIR).",
+        ),
+    ] = "stargan",
 ) -> None:
-    """Copy a snapshot to DIR/train/<class>/*.png and DIR/test/<class>/*.png with metadata.jsonl."""
+    """Copy a snapshot to a folder that trains without the home (both formats) or loads with `datasets`."""
+    if export_format not in EXPORT_FORMATS:
+        raise AnimexprError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {export_format!r}")
     state = get_state(ctx)
     with progress_bar("exporting") as progress:
-        summary = export_snapshot(state.settings, name, out_dir, progress=progress)
+        if export_format == "imagefolder":
+            summary = export_imagefolder(state.engine, state.settings, name, out_dir, progress=progress)
+        else:
+            summary = export_snapshot(state.settings, name, out_dir, progress=progress)
     console.print(
-        f"exported {summary.files} images to {summary.folder} "
+        f"exported {summary.files} images to {summary.folder} as {export_format} "
         f"(train {summary.split_sizes['train']}, test {summary.split_sizes['test']})"
     )
 

@@ -8,7 +8,10 @@ The model room reads only these two files.
 - Train/test is split by source post, stratified by class: all crops of a post, and every crop that shows the
   same picture as another (near-duplicates under any label, mirrors included), fall on one side. The test side
   holds originals only; augmented images exist only of training crops.
-- Only accepted crops, one per duplicate cluster, and the augmentations of the latest `animexpr expand` plan.
+- Only accepted crops, one per duplicate cluster, and augmented copies of training crops: with a size
+  (`create --size N`), exactly N images, the split decided first and the copies planned for the training
+  side only, made now where the store lacks them (`snapshot_plan`); without one, the copies of the latest
+  `animexpr expand` plan, less those of test crops.
 - Later review changes never alter a snapshot: the manifest copies label and split, crop and augmentation
   files are content-addressed (a file's bytes never change under its name) and nothing deletes a file a
   snapshot references (`referenced_files`).
@@ -22,10 +25,8 @@ The model room reads only these two files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ from animexpr.curate.augment import (
     Balance,
     ExpandError,
     latest_expansion,
+    make_planned,
     plan_expansion,
     recipe_description,
 )
@@ -56,13 +58,20 @@ from animexpr.curate.dedup import (
     DEFAULT_MAX_DISTANCE,
     HASH_NAME,
     CropFacts,
+    DedupSummary,
     eligible_crops,
     related_groups,
     update_duplicates,
 )
+from animexpr.curate.snapshot_plan import (
+    SizedPlan,
+    SnapshotError,
+    SnapshotSize,
+    assign_splits,
+    plan_sized_snapshot,
+)
 from animexpr.db.models import Augmentation, Expansion, Snapshot, SnapshotItem
 from animexpr.db.session import current_revision, session_scope
-from animexpr.errors import AnimexprError
 from animexpr.homelock import hold_home_lock
 from animexpr.snapshot_format import (
     DATASET_FILE,
@@ -89,16 +98,13 @@ SNAPSHOTS_DIR = "snapshots"
 DEFAULT_TEST_FRACTION = 0.1
 SPLITS = ("train", "test")
 KINDS = ("original", "augmented")
+COUNT_KEYS = ("train_original", "train_augmented", "test_original", "total")  # per class, as dataset.json has
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PARTIAL_PREFIX = ".partial-"
 _CHECK_THREADS = 4  # hashlib releases the GIL on large buffers: threads hash files in parallel
 _LISTED_PROBLEMS = 5  # files named in a one-line refusal; the log names every one
 
 ProgressCallback = Callable[[int, int], None]
-
-
-class SnapshotError(AnimexprError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -181,53 +187,6 @@ def path_problem(folder: Path, dataset: dict[str, Any], items: Sequence[Manifest
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Split
-
-
-def _seeded_key(seed: int, key: int) -> bytes:
-    return hashlib.sha256(f"{seed}/{key}".encode()).digest()
-
-
-def assign_splits(
-    crops: Sequence[CropFacts],
-    group_of: dict[int, int],
-    class_names: Sequence[str],
-    test_fraction: float,
-    seed: int,
-) -> dict[int, str]:
-    """Crop id -> "train" or "test", whole groups at a time, stratified by class.
-
-    A group counts for its most common label. In each class, groups are taken in a seeded order until the
-    test side holds round(test_fraction x the class's crops); a class with two groups or more gets at least
-    one test group when the fraction is above zero, and always keeps one group for training.
-    """
-    if not 0 <= test_fraction < 1:
-        raise SnapshotError(f"--test-fraction must be at least 0 and below 1, not {test_fraction}")
-    members: dict[int, list[CropFacts]] = defaultdict(list)
-    for crop in crops:
-        members[group_of[crop.id]].append(crop)
-    class_index = {name: index for index, name in enumerate(class_names)}
-    strata: dict[str, list[int]] = defaultdict(list)
-    for key, group in members.items():
-        labels = Counter(crop.label for crop in group)
-        strata[min(labels, key=lambda name: (-labels[name], class_index[name]))].append(key)
-    split = {crop.id: "train" for crop in crops}
-    for keys in strata.values():
-        keys.sort(key=lambda key: _seeded_key(seed, key))
-        wanted = math.floor(test_fraction * sum(len(members[key]) for key in keys) + 0.5)
-        if test_fraction > 0 and len(keys) >= 2:
-            wanted = max(wanted, 1)
-        taken = 0
-        for key in keys[:-1]:
-            if taken >= wanted:
-                break
-            for crop in members[key]:
-                split[crop.id] = "test"
-            taken += len(members[key])
-    return split
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Create
 
 
@@ -236,6 +195,27 @@ class SnapshotContent:
     items: list[ManifestItem]
     expansion: dict[str, Any] | None
     max_distance: int
+    size: int | None = None  # asked for with --size; None when the latest expansion decided
+    augmented_made: int = 0  # copies of training crops this create had to make first
+
+
+def _rows_for_jobs(
+    session: Session, jobs: Iterable[tuple[int, int]], recipe_version: str, seed: int
+) -> tuple[dict[int, list[Augmentation]], int]:
+    """Crop id -> its augmentation rows among (crop id, variant index) jobs, and how many jobs have none."""
+    rows = session.scalars(
+        select(Augmentation).where(Augmentation.recipe_version == recipe_version, Augmentation.seed == seed)
+    )
+    made = {(row.crop_id, row.variant_index): row for row in rows}
+    planned: dict[int, list[Augmentation]] = defaultdict(list)
+    missing = 0
+    for crop_id, variant_index in jobs:
+        row = made.get((crop_id, variant_index))
+        if row is None:
+            missing += 1
+        else:
+            planned[crop_id].append(row)
+    return planned, missing
 
 
 def _planned_augmentations(
@@ -252,20 +232,7 @@ def _planned_augmentations(
         plan = plan_expansion(crops, settings.class_names, expansion.target, balance, expansion.seed)
     except ExpandError as exc:
         raise SnapshotError(f"the last expansion no longer fits the accepted crops ({exc})") from exc
-    rows = session.scalars(
-        select(Augmentation).where(
-            Augmentation.recipe_version == expansion.recipe_version, Augmentation.seed == expansion.seed
-        )
-    )
-    made = {(row.crop_id, row.variant_index): row for row in rows}
-    planned: dict[int, list[Augmentation]] = defaultdict(list)
-    missing = 0
-    for crop_id, variant_index in plan.jobs():
-        row = made.get((crop_id, variant_index))
-        if row is None:
-            missing += 1
-        else:
-            planned[crop_id].append(row)
+    planned, missing = _rows_for_jobs(session, plan.jobs(), expansion.recipe_version, expansion.seed)
     if missing:
         raise SnapshotError(
             f"{missing} augmented images of the last expansion plan (target {expansion.target}, "
@@ -276,34 +243,124 @@ def _planned_augmentations(
     return planned
 
 
+@dataclass(frozen=True)
+class _Augmented:
+    """The augmented images a snapshot takes, and how it came by them."""
+
+    rows: dict[int, list[Augmentation]]  # training crop id -> its copies
+    record: dict[str, Any] | None  # for dataset.json's settings
+    made: int = 0
+
+
+def _expansion_augmentations(
+    engine: Engine, crops: Sequence[CropFacts], settings: Settings, expansion: Expansion | None
+) -> _Augmented:
+    """The copies of the latest `expand` plan (a snapshot made without --size)."""
+    if expansion is None:
+        log.warning("no expansion has been run: the snapshot holds originals only")
+        return _Augmented({}, None)
+    with Session(engine) as session:
+        rows = _planned_augmentations(session, crops, settings, expansion)
+    record = {
+        "target": expansion.target,
+        "balance": expansion.balance,
+        "seed": expansion.seed,
+        "recipe": recipe_description(),
+    }
+    return _Augmented(rows, record)
+
+
+def _sized_augmentations(
+    engine: Engine,
+    store: FileStore,
+    crops: Sequence[CropFacts],
+    plan: SizedPlan,
+    dedup: DedupSummary,
+    workers: int | None,
+    progress: ProgressCallback | None,
+) -> _Augmented:
+    """The copies of training crops a sized snapshot needs, making those the store lacks first.
+
+    They are made here rather than by a separate `expand`, because which crops get copies depends on this
+    snapshot's split: a second command would have to repeat the split's settings exactly. The images and
+    rows are the ones `expand` makes for the same crop, seed and variant, so nothing is made twice.
+    """
+    expansion = plan.expansion_plan()
+    summary = make_planned(engine, store, crops, expansion, dedup, workers, progress)
+    if summary.interrupted:
+        log.warning(
+            "interrupted: %d augmented copies made and kept; run the same command to finish", summary.created
+        )
+        raise KeyboardInterrupt
+    if summary.failed:
+        listed = "; ".join(summary.failed[:_LISTED_PROBLEMS])
+        more = "; ..." if len(summary.failed) > _LISTED_PROBLEMS else ""
+        raise SnapshotError(
+            f"{len(summary.failed)} training crops could not be augmented, nothing written: {listed}{more}. "
+            "Restore their files or reject the crops, then create the snapshot again"
+        )
+    with Session(engine) as session:
+        rows, missing = _rows_for_jobs(session, expansion.jobs(), RECIPE_VERSION, expansion.seed)
+    if missing:  # made moments ago under the expand lock: only a store changed meanwhile gets here
+        raise SnapshotError(f"{missing} augmented copies vanished while they were made: create it again")
+    record = {
+        "size": plan.request.size,
+        "balance": plan.request.balance,
+        "seed": plan.request.augment_seed,
+        "recipe": recipe_description(),
+    }
+    return _Augmented(rows, record, summary.created)
+
+
 def collect_content(
-    engine: Engine, store: FileStore, settings: Settings, test_fraction: float, seed: int
+    engine: Engine,
+    store: FileStore,
+    settings: Settings,
+    test_fraction: float,
+    seed: int,
+    size: SnapshotSize | None = None,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SnapshotContent:
-    """Every image of a new snapshot, in manifest order."""
+    """Every image of a new snapshot, in manifest order.
+
+    The split is decided first; with `size`, the augmented copies are then planned for the training side only,
+    so the snapshot holds exactly `size.size` images.
+    """
     with Session(engine) as session:
         expansion = latest_expansion(session)
     max_distance = expansion.max_distance if expansion is not None else DEFAULT_MAX_DISTANCE
-    update_duplicates(engine, store, max_distance)
+    dedup = update_duplicates(engine, store, max_distance)
     with Session(engine) as session:
         crops = eligible_crops(session, settings.class_names)
-        if not crops:
-            raise SnapshotError("there is no accepted crop: review some crops before making a snapshot")
-        planned: dict[int, list[Augmentation]] = {}
-        expansion_record: dict[str, Any] | None = None
-        if expansion is None:
-            log.warning("no expansion has been run: the snapshot holds originals only")
-        else:
-            planned = _planned_augmentations(session, crops, settings, expansion)
-            expansion_record = {
-                "target": expansion.target,
-                "balance": expansion.balance,
-                "seed": expansion.seed,
-                "recipe": recipe_description(),
-            }
+    if not crops:
+        raise SnapshotError("there is no accepted crop: review some crops before making a snapshot")
     split = assign_splits(
         crops, related_groups(crops, max_distance), settings.class_names, test_fraction, seed
     )
-    class_index = {name: index for index, name in enumerate(settings.class_names)}
+    if size is None:
+        augmented = _expansion_augmentations(engine, crops, settings, expansion)
+    else:
+        plan = plan_sized_snapshot(crops, split, settings.class_names, size)
+        augmented = _sized_augmentations(engine, store, crops, plan, dedup, workers, progress)
+    items = _manifest_items(crops, split, augmented.rows, settings.class_names)
+    return SnapshotContent(
+        items=items,
+        expansion=augmented.record,
+        max_distance=max_distance,
+        size=None if size is None else size.size,
+        augmented_made=augmented.made,
+    )
+
+
+def _manifest_items(
+    crops: Sequence[CropFacts],
+    split: dict[int, str],
+    augmented: dict[int, list[Augmentation]],
+    class_names: Sequence[str],
+) -> list[ManifestItem]:
+    """Every crop as an original on its side, and the copies of training crops, in manifest order."""
+    class_index = {name: index for index, name in enumerate(class_names)}
     items: list[ManifestItem] = []
     for crop in crops:
         side, index = split[crop.id], class_index[crop.label]
@@ -319,7 +376,7 @@ def collect_content(
                 label_index=index,
             )
         )
-        if side == "train":
+        if side == "train":  # the test side holds originals only
             items += [
                 ManifestItem(
                     row.file_relpath,
@@ -332,7 +389,7 @@ def collect_content(
                     row.id,
                     label_index=index,
                 )
-                for row in sorted(planned.get(crop.id, []), key=lambda row: row.variant_index)
+                for row in sorted(augmented.get(crop.id, []), key=lambda row: row.variant_index)
             ]
     items.sort(
         key=lambda i: (
@@ -344,7 +401,7 @@ def collect_content(
             i.file,
         )
     )
-    return SnapshotContent(items=items, expansion=expansion_record, max_distance=max_distance)
+    return items
 
 
 def count_items(items: Iterable[ManifestItem], class_names: Sequence[str]) -> dict[str, Any]:
@@ -382,6 +439,7 @@ class SnapshotInfo:
     created_at: datetime
     folder: Path
     check_s: float = 0.0  # of the create: checking every file against its recorded sha256
+    augmented_made: int = 0  # of a sized create: copies of training crops it made first
 
 
 def create_snapshot(
@@ -391,8 +449,16 @@ def create_snapshot(
     name: str,
     test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
+    size: SnapshotSize | None = None,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SnapshotInfo:
-    """Freeze the current accepted, de-duplicated crops and their planned augmentations under NAME."""
+    """Freeze the current accepted, de-duplicated crops and their augmentations under NAME.
+
+    Without `size`, the augmentations are those of the latest `expand` plan, less the copies of test crops.
+    With `size`, the snapshot holds exactly `size.size` images: the split is made first and the copies of
+    training crops that reach the size are made now when the store lacks them (`workers`, `progress`).
+    """
     _check_name(name)
     folder = snapshot_folder(settings, name)
     # One create per home at a time: the leftovers of an interrupted one are then safe to clean.
@@ -408,7 +474,7 @@ def create_snapshot(
             raise SnapshotError(
                 f"{folder} exists but is no snapshot animexpr left: move it away or pick another name"
             )
-        content = collect_content(engine, store, settings, test_fraction, seed)
+        content = collect_content(engine, store, settings, test_fraction, seed, size, workers, progress)
         started = time.perf_counter()
         check_stored_files(store, content.items)
         check_s = time.perf_counter() - started
@@ -419,7 +485,7 @@ def create_snapshot(
             info = _adopt(engine, folder, manifest, content.items, counts, settings.class_names)
         if info is None:
             info = _freeze(engine, settings, folder, content, manifest, counts, test_fraction, seed)
-        return dataclasses.replace(info, check_s=check_s)
+        return dataclasses.replace(info, check_s=check_s, augmented_made=content.augmented_made)
 
 
 def _freeze(
@@ -436,6 +502,7 @@ def _freeze(
     manifest_sha256 = sha256_bytes(manifest)
     created_at = datetime.now(UTC)
     snapshot_settings = {
+        "size": content.size,
         "test_fraction": test_fraction,
         "split_seed": seed,
         "split_by": "source post; near-duplicates of any label stay together",
@@ -647,6 +714,37 @@ def read_dataset(folder: Path) -> dict[str, Any]:
     return value
 
 
+def describe_snapshot(folder: Path) -> dict[str, Any]:
+    """What `snapshot show` tells: identity, per-class counts by split and kind, totals, settings."""
+    dataset = read_dataset(folder)
+    per_class = {
+        name: {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
+        for name, counts in dataset.get("counts", {}).items()
+    }
+    for counts in per_class.values():
+        counts["total"] = sum(counts[key] for key in COUNT_KEYS if key != "total")
+    sizes = {split: int(dataset.get("split_sizes", {}).get(split, 0)) for split in SPLITS}
+    settings = dataset.get("settings", {})
+    return {
+        "name": dataset.get("name"),
+        "folder": str(folder),
+        "manifest_sha256": dataset.get("manifest_sha256"),
+        "created_at": dataset.get("created_at"),
+        "classes": dataset.get("classes"),
+        "total": sum(sizes.values()),
+        "size": settings.get("size"),
+        "split_sizes": sizes,
+        "per_class": per_class,
+        "all": {key: sum(counts[key] for counts in per_class.values()) for key in COUNT_KEYS},
+        "settings": settings,
+        **(
+            {"snapshot_manifest_sha256": exported}
+            if (exported := dataset.get("snapshot_manifest_sha256"))
+            else {}
+        ),
+    }
+
+
 @dataclass
 class VerifyReport:
     folder: Path
@@ -749,6 +847,33 @@ def export_snapshot(
     Every file is checked against its sha256 while it is copied. The export is written into a hidden sibling
     folder renamed to `out_dir` at the end: a killed export leaves no folder that looks usable.
     """
+    source = open_for_export(settings, name_or_path)
+    out_dir = write_export_atomically(
+        out_dir, lambda partial: _write_export(source.folder, source.dataset, source.items, partial, progress)
+    )
+    return ExportSummary(out_dir, len(source.items), split_sizes(source.items))
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    folder: Path
+    dataset: dict[str, Any]
+    items: list[ManifestItem]
+
+    def read_checked(self, item: ManifestItem) -> bytes:
+        """An item's bytes, refused unless they still have the manifest's sha256."""
+        path = self.folder / str(self.dataset.get("files_root", ".")) / item.file
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SnapshotError(f"{path}: cannot be read ({exc}): run `snapshot verify`") from exc
+        if sha256_bytes(data) != item.sha256:
+            raise SnapshotError(f"{path} differs from the snapshot's sha256: run `snapshot verify`")
+        return data
+
+
+def open_for_export(settings: Settings, name_or_path: str) -> ExportSource:
+    """A snapshot whose manifest matches its dataset.json, with classes and paths of its own shape."""
     folder = resolve_folder(settings, name_or_path)
     dataset = read_dataset(folder)
     manifest, items = read_manifest(folder)
@@ -759,6 +884,14 @@ def export_snapshot(
     for problem in (classes_problem(folder, dataset, items), path_problem(folder, dataset, items)):
         if problem is not None:
             raise SnapshotError(problem)
+    return ExportSource(folder, dataset, items)
+
+
+def write_export_atomically(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write` on a hidden sibling of `out_dir`, then rename it to `out_dir` (new or empty folders only).
+
+    A killed export leaves only the hidden folder, which the next export to the same place removes.
+    """
     out_dir = out_dir.absolute()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SnapshotError(f"{out_dir} is not empty: export into a new or empty folder")
@@ -768,13 +901,17 @@ def export_snapshot(
         shutil.rmtree(stale, ignore_errors=True)
     partial = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
     try:
-        _write_export(folder, dataset, items, partial, progress)
+        write(partial)
         os.replace(partial, out_dir)  # onto a missing or empty folder
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    return out_dir
+
+
+def split_sizes(items: Iterable[ManifestItem]) -> dict[str, int]:
     sizes = Counter(item.split for item in items)
-    return ExportSummary(out_dir, len(items), {split: sizes.get(split, 0) for split in SPLITS})
+    return {split: sizes.get(split, 0) for split in SPLITS}
 
 
 def _write_export(
@@ -784,33 +921,14 @@ def _write_export(
     out_dir: Path,
     progress: ProgressCallback | None,
 ) -> None:
-    root = folder / str(dataset.get("files_root", "."))
-    class_index = {name: index for index, name in enumerate(dataset["classes"])}
+    source = ExportSource(folder, dataset, list(items))
     exported: list[ManifestItem] = []
     metadata: dict[str, list[str]] = {split: [] for split in SPLITS}
     for done, item in enumerate(items, start=1):
-        try:
-            data = (root / item.file).read_bytes()
-        except OSError as exc:
-            raise SnapshotError(f"{root / item.file}: cannot be read ({exc}): run `snapshot verify`") from exc
-        if sha256_bytes(data) != item.sha256:
-            raise SnapshotError(
-                f"{root / item.file} differs from the snapshot's sha256: run `snapshot verify`"
-            )
+        data = source.read_checked(item)
         file_name = f"{item.label}/{item.post_id}_{item.crop_id}_{item.sha256[:12]}{Path(item.file).suffix}"
         atomic_write_bytes(out_dir / item.split / file_name, data)
-        exported.append(
-            ManifestItem(
-                f"{item.split}/{file_name}",
-                item.sha256,
-                item.label,
-                item.split,
-                item.post_id,
-                item.crop_id,
-                item.kind,
-                label_index=class_index[item.label],
-            )
-        )
+        exported.append(exported_item(item, f"{item.split}/{file_name}", dataset["classes"]))
         record = {
             "file_name": file_name,
             "label": item.label,
@@ -825,6 +943,18 @@ def _write_export(
     for split, lines in metadata.items():
         if lines:
             atomic_write_bytes(out_dir / split / METADATA_FILE, ("\n".join(lines) + "\n").encode("utf-8"))
+    write_export_manifest(out_dir, dataset, exported)
+
+
+def exported_item(item: ManifestItem, file: str, classes: Sequence[str]) -> ManifestItem:
+    """A manifest line of an export: the item at its path inside the export folder."""
+    return dataclasses.replace(
+        item, file=file, augmentation_id=None, label_index=list(classes).index(item.label)
+    )
+
+
+def write_export_manifest(out_dir: Path, dataset: dict[str, Any], exported: Sequence[ManifestItem]) -> None:
+    """The export's own manifest.jsonl and dataset.json (files_root "."), to verify and train on its own."""
     export_manifest = manifest_bytes(exported)
     atomic_write_bytes(out_dir / MANIFEST_FILE, export_manifest)
     export_dataset = {
