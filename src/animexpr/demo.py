@@ -37,7 +37,7 @@ RENDERED_SNAPSHOT = "rendered-snapshot"
 RENDERED_TRAIN_IDENTITIES = 400
 # Identities the demo's model is scored on, and those its expression classifier learns from: never trained on.
 SCORED_IDENTITIES = 24
-DEMO_ITERS = 600
+DEMO_ITERS = 1000
 DRAWN_FACE_PX = 128
 CLASSIFIER_IDENTITIES = 200
 
@@ -164,8 +164,8 @@ def _rendered_snapshot(home: Path) -> Path:
 
 def _train_and_show(step: _Stepper, home: Path, snapshot: Path, sizes: DemoSizes, evaluate: bool) -> Path:
     step.run(
-        "train", "--snapshot", str(snapshot), "--variant", "ours", "--iters", str(sizes.iters),
-        "--vgg-random", "--device", "cpu", *_small_model_options(),
+        "train", "--snapshot", str(snapshot), "--variant", "ours",
+        "--vgg-random", "--device", "cpu", *_small_model_options(sizes.iters),
     )  # fmt: skip
     run = newest_run(home)
     test_face = first_test_image(snapshot)
@@ -177,14 +177,14 @@ def _train_and_show(step: _Stepper, home: Path, snapshot: Path, sizes: DemoSizes
     return run
 
 
-def _small_model_options() -> list[str]:
-    """The benchmark's small configuration as `train` options (its `iters` is the demo's own)."""
+def _small_model_options(iters: int) -> list[str]:
+    """The benchmark's small configuration as `train` options, its schedule fitted to the demo's `iters`."""
     from animexpr.testing.benchmark import SMALL_CONFIG
 
+    settings = {**SMALL_CONFIG, "iters": iters, "decay_start": iters // 2}
     options = []
-    for name, value in SMALL_CONFIG.items():
-        if name != "iters":
-            options += [f"--{name.replace('_', '-')}", str(value)]
+    for name, value in settings.items():
+        options += [f"--{name.replace('_', '-')}", str(value)]
     return [*options, "--log-every", "100", "--sample-every", "250", "--ckpt-every", "100000"]
 
 

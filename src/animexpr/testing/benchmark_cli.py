@@ -31,7 +31,8 @@ def synthetic(
         int | None,
         typer.Option(
             min=1,
-            help="Training iterations (default: the small configuration's, or 200000 with --full).",
+            help="Training iterations; the learning rate decays over the second half "
+            "(default: the small configuration's, or 200000 with --full).",
             show_default=False,
         ),
     ] = None,
@@ -87,8 +88,9 @@ def synthetic(
 
     preset = FULL_CONFIG if full else SMALL_CONFIG
     config: dict[str, Any] = dict(preset)
-    if iters is not None:
+    if iters is not None:  # the schedule scales with it: the rate decays over the second half
         config["iters"] = iters
+        config["decay_start"] = iters // 2
     if image_size is not None:
         config["image_size"] = image_size
     chosen = (FULL_VARIANTS if full else DEFAULT_VARIANTS) if variants is None else _names(variants)
