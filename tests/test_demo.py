@@ -47,7 +47,7 @@ def test_demo_runs_every_stage_with_the_expected_counts(tmp_path: Path) -> None:
     assert sum(dataset["split_sizes"].values()) == len(
         (home / "snapshots" / "demo" / "manifest.jsonl").read_text().splitlines()
     )
-    run = home / "runs" / "00000-demo-ours"
+    run = home / "runs" / "00000-rendered-snapshot-ours"  # the model trains on 2,000 drawn identities
     assert list((run / "checkpoints").glob("G_ema-*.safetensors"))
     assert list((run / "samples").glob("*.png"))
     assert len(list((home / "transformed").glob("*.png"))) == 1
