@@ -43,6 +43,7 @@ def test_init_creates_store_database_and_settings_file(tmp_path: Path) -> None:
 
 
 def test_status_json_on_an_empty_store(tmp_path: Path) -> None:
+    assert run_cli(tmp_path / "home", "init").returncode == 0
     result = run_cli(tmp_path / "home", "status", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.logging import RichHandler
 from rich.table import Table
 
 from animexpr import __version__, demo
@@ -20,8 +19,11 @@ from animexpr.errors import AnimexprError
 from animexpr.harvest import cli as harvest_cli
 from animexpr.model import cli as model_cli
 from animexpr.model import eval_cli
-from animexpr.status import collect_status
 from animexpr.testing import benchmark_cli
+
+# Every command, `--help` included, imports this module and the rooms' command modules: those import their
+# heavy libraries (SQLAlchemy, OpenCV, numpy, scipy, torch, PIL) inside the commands, so that
+# `animexpr --help` starts about as fast as any typer program (bench/cli_start.py measures it).
 
 app = typer.Typer(
     name="animexpr",
@@ -68,17 +70,36 @@ def root(
 
 
 def _setup_logging(verbose: bool) -> None:
-    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    handler: logging.Handler
+    if err_console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    else:
+        handler = _PlainLogHandler()
     logger = logging.getLogger("animexpr")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
 
 
+class _PlainLogHandler(logging.Handler):
+    """Log records as whole lines ('WARNING  message') for a log file or a pipe: rich's handler pads each
+    line to the console's width and wraps long messages."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            err_console.print(
+                f"{record.levelname:<8} {self.format(record)}", markup=False, highlight=False, soft_wrap=True
+            )
+        except Exception:
+            self.handleError(record)
+
+
 @app.command()
 def init(ctx: typer.Context) -> None:
     """Create the home folder, its file areas and the database, and write a settings file to edit."""
-    state = get_state(ctx)
+    state = get_state(ctx, create_home=True)
     state.store.remove_stale_temporaries()
     _ = state.engine
     config_file = state.settings.config_file
@@ -106,6 +127,8 @@ def status(
     ] = False,
 ) -> None:
     """Show what the store holds: posts, crops, augmentations and snapshots, per class."""
+    from animexpr.status import collect_status
+
     state = get_state(ctx)
     report = collect_status(state.engine, state.settings)
     if as_json:

@@ -55,7 +55,7 @@ def _crop_counts(session: Session, label: str | None) -> dict[str, int]:
     if label is not None:
         query = query.where(Crop.label == label)
     counts = {state.value: 0 for state in CropState}
-    counts.update(dict(session.execute(query).tuples().all()))
+    counts.update(dict(session.execute(query).all()))  # rows are (state, count) pairs
     return counts
 
 

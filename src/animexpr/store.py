@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,10 +54,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _create_temporary(folder: Path) -> tuple[int, str]:
+    """A new, empty temporary file in `folder`, opened for writing: its descriptor and path.
+
+    Its mode is what `open()` gives a new file, 0o666 less the umask (0o644 under the usual umask 022), set
+    by the kernel as it creates the file; `tempfile.mkstemp` would make it 0o600, and the final file too.
+    Nothing the store writes is a secret: API keys are never written, and reviewer tokens are kept as hashes
+    in the database.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(8)}")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue  # a name already taken: 64 random bits make this all but impossible
+    raise FileExistsError(f"{folder}: no free temporary file name")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` never exists half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    fd, temp_name = _create_temporary(path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -185,7 +203,7 @@ class FileStore:
                 if path.exists() and path.stat().st_size == len(data) and sha256_file(path) == digest:
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+                fd, temp_name = _create_temporary(path.parent)
                 pending.append((fd, temp_name, path))
                 _write_all(fd, data)
             _fsync_all([fd for fd, _, _ in pending])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from animexpr.model.evaluate import (
     EvaluationError,
     FeatureExtractor,
     TargetAccumulator,
+    classifier_warnings,
     evaluate_images,
     evaluate_run,
     load_report,
@@ -44,6 +46,7 @@ from animexpr.model.evaluate import (
     score_protocol,
     training_record,
 )
+from animexpr.model.inception import InceptionError
 from animexpr.model.metrics import fid, kid
 from animexpr.model.networks import Generator
 
@@ -479,6 +482,7 @@ def test_evaluate_images_command(
     assert report["protocol"] == "paper"
     assert f"written to {out}" in result.stdout.replace("\n", "")
     assert "pooled" in result.stdout
+    assert "warning: the expression classifier trained on" in result.stdout  # 3 faces a class
 
 
 @pytest.mark.parametrize(
@@ -499,3 +503,102 @@ def test_evaluate_command_argument_errors(
     result = CliRunner().invoke(app, ["--home", str(tmp_path), "evaluate", *filled, "--device", "cpu"])
     assert result.exit_code == 2
     assert message in " ".join(result.output.replace("│", " ").split())
+
+
+# --- what is needed first, and how far the classifier can be trusted ---
+
+
+def test_inception_is_resolved_before_the_classifier_trains(
+    snapshot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def no_inception(options: EvalOptions, device: torch.device) -> FeatureExtractor:
+        calls.append("inception")
+        raise InceptionError("no Inception weights for FID/KID (offline)")
+
+    def classifier(*args: Any, **kwargs: Any) -> Any:
+        calls.append("classifier")
+        raise AssertionError("the classifier must not train before the Inception weights are there")
+
+    monkeypatch.setattr(evaluate_module, "inception_extractor", no_inception)
+    monkeypatch.setattr(evaluate_module, "snapshot_classifier", classifier)
+    run_dir = untrained_run(snapshot, tmp_path / "runs")
+    with pytest.raises(InceptionError, match="offline"):
+        evaluate_run(run_dir, options=options(tmp_path / "cache"))
+    images = tmp_path / "images"
+    for name in load_snapshot(snapshot).classes:
+        (images / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(images / name / "a.png")
+    with pytest.raises(InceptionError, match="offline"):
+        evaluate_images(images, snapshot, image_size=32, options=options(tmp_path / "cache"))
+    assert calls == ["inception", "inception"]
+
+
+def test_a_missing_inception_is_announced_before_it_is_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+
+    def not_cached(path: Path | None, fetch: bool = True) -> Path:
+        events.append(f"resolve fetch={fetch}")
+        raise InceptionError("not in the cache")
+
+    class Fetched:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            events.append("fetch")
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            events.append(record.getMessage())
+
+    monkeypatch.setattr(evaluate_module, "resolve_inception", not_cached)
+    monkeypatch.setattr(evaluate_module, "InceptionFeatures", Fetched)
+    recorder = Recorder()
+    evaluate_module.log.addHandler(recorder)
+    monkeypatch.setattr(evaluate_module.log, "level", logging.INFO)
+    try:
+        evaluate_module.inception_extractor(EvalOptions(), torch.device("cpu"))
+    finally:
+        evaluate_module.log.removeHandler(recorder)
+    assert events[0] == "resolve fetch=False"
+    assert events[1].startswith(
+        "the Inception weights for FID/KID are not on this machine: fetching them first"
+    )
+    assert events[2] == "fetch"
+
+
+def test_classifier_warnings_flag_a_weak_or_thinly_trained_classifier() -> None:
+    enough = {"angry": 60, "sad": 50, "smile": 70}
+    assert classifier_warnings({"test_accuracy": 0.8, "train_originals_per_class": enough}) == []
+    weak = classifier_warnings({"test_accuracy": 0.45, "train_originals_per_class": enough})
+    assert weak == [
+        "the expression classifier's own test accuracy is 0.450, below 0.6: the expression accuracy of the "
+        "translations means little"
+    ]
+    thin = classifier_warnings({"test_accuracy": 0.9, "train_originals_per_class": enough | {"sad": 12}})
+    assert thin == [
+        "the expression classifier trained on 142 original images, 12 of them sad (fewer than 50 per class): "
+        "too few for its verdict to mean much; use a larger snapshot"
+    ]
+    assert "no test accuracy" in classifier_warnings({"test_accuracy": None})[0]
+
+
+def test_the_report_warns_that_a_classifier_of_a_tiny_snapshot_means_little(evaluated_run: Path) -> None:
+    report = report_of(evaluated_run)
+    assert report["classifier"]["train_images"] == TRAIN_PER_CLASS * 4
+    assert set(report["classifier"]["train_originals_per_class"].values()) == {TRAIN_PER_CLASS}
+    assert report["warnings"] == classifier_warnings(report["classifier"])
+    assert any("fewer than 50 per class" in warning for warning in report["warnings"])
+    markdown = (evaluated_run / "eval.md").read_text(encoding="utf-8")
+    assert f"**Warning:** {report['warnings'][0]}." in markdown
+
+
+def test_evaluate_json_prints_only_the_report_on_standard_output(
+    evaluated_run: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_stand_in_features(monkeypatch)
+    arguments = ["--home", str(tmp_path), "evaluate", str(evaluated_run), "--device", "cpu", "--json"]
+    arguments += ["--cache-dir", str(cache_dir), "--classifier-epochs", "1", "--batch", "4"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)  # progress goes to standard error, never into the JSON
+    assert printed["warnings"] == report_of(evaluated_run)["warnings"] != []

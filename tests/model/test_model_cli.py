@@ -135,3 +135,73 @@ def test_dry_run_prints_the_config_and_parameter_counts(snapshot_dir: Path, tmp_
     assert result.exit_code == 0, result.output
     assert "8,427,392" in result.output  # StarGAN's generator for 4 classes
     assert "44,753,856" in result.output
+
+
+def _noise_image(path: Path, seed: int, size: tuple[int, int] = (40, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_transform_gives_inputs_of_the_same_name_their_own_outputs(
+    trained_home: Path, tmp_path: Path
+) -> None:
+    inputs = [
+        _noise_image(tmp_path / "a" / "face.png", 1),
+        _noise_image(tmp_path / "b" / "face.png", 2),
+        _noise_image(tmp_path / "c" / "Face.jpg", 3),  # one name on a case-insensitive disk
+        _noise_image(tmp_path / "d" / "face-2.png", 4),  # already the name a numbered output would take
+    ]
+    out = tmp_path / "out"
+    target = json.loads((trained_home / "snapshots" / "faces4" / "dataset.json").read_text())["classes"][1]
+    command = ["--home", str(trained_home), "transform", *map(str, inputs), "--to", target, "-o", str(out)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "4 image(s) written" in result.output
+    names = sorted(path.name for path in out.iterdir())
+    assert names == sorted(
+        [f"face-{target}.png", f"face-2-{target}.png", f"Face-3-{target}.png", f"face-2-2-{target}.png"]
+    )
+    pictures = {np.asarray(Image.open(out / name)).tobytes() for name in names}
+    assert len(pictures) == 4  # four inputs, four different translations: none overwrote another
+    warning = f"{inputs[1]}: face-{target}.png is already written from {inputs[0]} in this run; writing"
+    assert warning in unwrapped(result.output)
+
+
+def test_transform_takes_the_cascade_that_its_error_message_names(
+    trained_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANIMEXPR_CASCADE", raising=False)
+    monkeypatch.setenv("ANIMEXPR_CACHE", str(tmp_path / "empty-cache"))
+    wide = _noise_image(tmp_path / "wide.png", 5, size=(90, 40))  # not square: it is cropped first
+    square = _noise_image(tmp_path / "square.png", 6)
+    not_a_cascade = tmp_path / "cascade.xml"
+    not_a_cascade.write_text("<opencv_storage></opencv_storage>")
+    base = ["--home", str(trained_home), "transform", "--all", "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*base, str(wide), "--cascade", str(not_a_cascade)])
+    assert result.exit_code == 1
+    assert f"{not_a_cascade} is not a cascade OpenCV can load" in str(result.exception)
+    # Face crops need no cascade: a bad one is not even read.
+    result = CliRunner().invoke(app, [*base, str(square), "--cascade", str(not_a_cascade)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*base, str(square), "--cascade", str(tmp_path / "missing.xml")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_transform_crops_an_illustration_with_the_given_cascade(
+    trained_home: Path, tmp_path: Path, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANIMEXPR_CASCADE", raising=False)
+    monkeypatch.setenv("ANIMEXPR_CACHE", str(tmp_path / "empty-cache"))  # nothing cached, no download
+    illustration = tmp_path / "scene.jpg"
+    illustration.write_bytes((assets_dir / "illustration-grid.jpg").read_bytes())  # 37 faces
+    out = tmp_path / "out"
+    command = ["--home", str(trained_home), "transform", str(illustration), "--all", "--crop", "always"]
+    cascade = assets_dir / "lbpcascade_animeface.xml"
+    result = CliRunner().invoke(app, [*command, "-o", str(out), "--cascade", str(cascade)])
+    assert result.exit_code == 0, result.output
+    faces = sorted(path.name for path in out.iterdir())
+    assert len(faces) >= 30
+    assert all(name.startswith("scene-face") and name.endswith("-all.png") for name in faces)

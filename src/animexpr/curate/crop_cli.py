@@ -4,26 +4,32 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from animexpr.cli_common import console, get_state
-from animexpr.curate.crop import (
-    DEFAULT_MARGIN,
-    DEFAULT_SIZE,
-    CropOutcome,
-    CropResult,
-    CropSettings,
-    CropSummary,
-    FacePolicy,
-    crop_posts,
-    default_min_face,
-    make_detector_spec,
-)
-from animexpr.curate.detect import CASCADE_ENV
+from animexpr.cli_common import console, get_state, require_store
 from animexpr.errors import ConfigError
+
+if TYPE_CHECKING:
+    from animexpr.curate.crop import CropResult, CropSummary
+
+# The options' defaults and choices, spelled out here because curate.crop loads OpenCV, numpy and SQLAlchemy,
+# which `animexpr --help` must not wait for; tests/test_cli_start.py checks them against curate.crop's.
+DEFAULT_MARGIN = 0.25
+DEFAULT_SIZE = 128
+DEFAULT_MIN_FACE = 43  # curate.crop.default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)
+CASCADE_ENV = "ANIMEXPR_CASCADE"
+
+
+class FacePolicy(StrEnum):
+    """curate.crop.FacePolicy's values."""
+
+    SKIP = "skip"
+    LARGEST_IF_DOMINANT = "largest-if-dominant"
+    LARGEST = "largest"
+    ALL = "all"
 
 
 class DetectorName(StrEnum):
@@ -51,7 +57,7 @@ class _RichCropProgress:
 
     def start(self, total: int) -> None:
         self.bar.update(self.task, total=total)
-        if total and console.is_terminal:  # a bar in a pipe or a log file would only add noise
+        if total:  # in a pipe or a log file the console prints it as a plain line every 30 s instead
             self.bar.start()
             self.started = True
 
@@ -84,7 +90,7 @@ def crop(
         int | None,
         typer.Option(
             help="Skip faces smaller than this (px). Default: the smallest face whose crop needs at most 2x "
-            f"upscaling ({default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)} at the default size and margin).",
+            f"upscaling ({DEFAULT_MIN_FACE} at the default size and margin).",
             show_default=False,
         ),
     ] = None,
@@ -116,8 +122,11 @@ def crop(
     Posts already cropped with the same detector and settings are left alone, so running it again finishes
     an interrupted run.
     """
+    from animexpr.curate import crop as cropping
+
     state = get_state(ctx)
-    spec = make_detector_spec(
+    require_store(state.settings)  # before the detector, which may download its cascade
+    spec = cropping.make_detector_spec(
         str(detector),
         scale_factor=scale_factor,
         min_neighbors=min_neighbors,
@@ -125,12 +134,12 @@ def crop(
         cascade=cascade,
     )
     try:
-        settings = CropSettings(
+        settings = cropping.CropSettings(
             detector=spec,
             margin=margin,
             size=size,
             min_face=min_face,
-            faces=faces,
+            faces=cropping.FacePolicy(faces.value),
             keep_greyscale=keep_greyscale,
         )
     except ValueError as exc:
@@ -139,7 +148,7 @@ def crop(
         raise ConfigError("crop: --workers must be at least 1")
     progress = _RichCropProgress()
     try:
-        summary = crop_posts(
+        summary = cropping.crop_posts(
             state.engine, state.store, settings, workers=workers, limit=limit, progress=progress
         )
     finally:
@@ -152,6 +161,8 @@ def crop(
 
 
 def _print_summary(summary: CropSummary) -> None:
+    from animexpr.curate.crop import CropOutcome
+
     cropped = summary.outcomes.get(CropOutcome.CROPPED, 0)
     others = ", ".join(
         f"{outcome} {count}"

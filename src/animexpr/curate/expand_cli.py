@@ -6,28 +6,23 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from animexpr.cli_common import console, err_console, get_state
-from animexpr.curate.augment import BALANCES, DEFAULT_TARGET, Balance, expand
-from animexpr.curate.dedup import DEFAULT_MAX_DISTANCE, update_duplicates
-from animexpr.curate.export_imagefolder import export_imagefolder
-from animexpr.curate.snapshot import (
-    COUNT_KEYS,
-    DEFAULT_TEST_FRACTION,
-    create_snapshot,
-    describe_snapshot,
-    export_snapshot,
-    list_snapshots,
-    resolve_folder,
-    verify_snapshot,
-)
-from animexpr.curate.snapshot_plan import SnapshotSize
 from animexpr.errors import AnimexprError
+
+if TYPE_CHECKING:
+    from animexpr.curate.snapshot_plan import SnapshotSize
+
+# The options' defaults, spelled out here because the curate modules load OpenCV, numpy, scipy and
+# SQLAlchemy, which `animexpr --help` must not wait for; tests/test_cli_start.py checks them against theirs.
+DEFAULT_TARGET = 11_612  # curate.augment: the paper's 7,306 cleaned faces expanded to 11,612 images
+DEFAULT_MAX_DISTANCE = 8  # curate.dedup
+DEFAULT_TEST_FRACTION = 0.1  # curate.snapshot
 
 snapshot_app = typer.Typer(
     help="Frozen training sets: create, list, show, verify, export.", no_args_is_help=True
@@ -64,6 +59,8 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
 
 def dedup_command(ctx: typer.Context, max_distance: MaxDistance = DEFAULT_MAX_DISTANCE) -> None:
     """Hash new crops and group duplicates (exact and near, mirrored copies included) into clusters."""
+    from animexpr.curate.dedup import update_duplicates
+
     state = get_state(ctx)
     with progress_bar("hashing crops") as progress:
         summary = update_duplicates(state.engine, state.store, max_distance, progress=progress)
@@ -96,6 +93,8 @@ def expand_command(
     A snapshot with a test split leaves out the copies of its test crops; `snapshot create NAME --size N`
     plans the copies for its training side instead and holds exactly N images.
     """
+    from animexpr.curate.augment import BALANCES, Balance, expand
+
     if balance not in BALANCES:
         raise AnimexprError(f"--balance must be one of {', '.join(BALANCES)}, not {balance!r}")
     chosen: Balance = "equal" if balance == "equal" else "proportional"
@@ -178,6 +177,8 @@ def snapshot_create(
     workers: Workers = None,
 ) -> None:
     """Freeze accepted, de-duplicated crops and their augmentations into an immutable manifest."""
+    from animexpr.curate.snapshot import create_snapshot, describe_snapshot
+
     request = _size_request(size, balance, augment_seed)
     state = get_state(ctx)
     try:
@@ -212,6 +213,9 @@ def snapshot_create(
 
 
 def _size_request(size: int | None, balance: str | None, augment_seed: int | None) -> SnapshotSize | None:
+    from animexpr.curate.augment import BALANCES
+    from animexpr.curate.snapshot_plan import SnapshotSize
+
     if size is None:
         if balance is not None or augment_seed is not None:
             raise AnimexprError(
@@ -238,6 +242,8 @@ def _note_left_out_copies(description: dict[str, Any]) -> None:
 
 
 def _print_counts(description: dict[str, Any]) -> None:
+    from animexpr.curate.snapshot import COUNT_KEYS
+
     table = Table("class", "train originals", "train augmented", "test originals", "total")
     rows = [*description["per_class"].items(), ("all", description["all"])]
     for name, counts in rows:
@@ -248,6 +254,8 @@ def _print_counts(description: dict[str, Any]) -> None:
 @snapshot_app.command("list")
 def snapshot_list(ctx: typer.Context) -> None:
     """List the snapshots, oldest first."""
+    from animexpr.curate.snapshot import list_snapshots
+
     state = get_state(ctx)
     table = Table("name", "created", "images", "train", "test", "manifest sha256")
     for info in list_snapshots(state.engine, state.settings):
@@ -270,6 +278,8 @@ def snapshot_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a snapshot's identity, per-class counts (originals, augmented, test) and its settings."""
+    from animexpr.curate.snapshot import describe_snapshot, resolve_folder
+
     state = get_state(ctx)
     description = describe_snapshot(resolve_folder(state.settings, name))
     if as_json:
@@ -301,6 +311,8 @@ def snapshot_verify(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="Snapshot name or folder.")]
 ) -> None:
     """Re-hash the manifest and every file it lists; exit status 1 on any difference."""
+    from animexpr.curate.snapshot import verify_snapshot
+
     state = get_state(ctx)
     with progress_bar("verifying") as progress:
         report = verify_snapshot(state.engine, state.settings, name, progress=progress)
@@ -338,6 +350,9 @@ def snapshot_export(
     ] = "stargan",
 ) -> None:
     """Copy a snapshot to a folder that trains without the home (both formats) or loads with `datasets`."""
+    from animexpr.curate.export_imagefolder import export_imagefolder
+    from animexpr.curate.snapshot import export_snapshot
+
     if export_format not in EXPORT_FORMATS:
         raise AnimexprError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {export_format!r}")
     state = get_state(ctx)

@@ -64,6 +64,8 @@ PACE_WINDOW_EVENTS = 200
 PACE_MIN_DECISIONS = 3
 # A grid page may take this much longer per crop on it before the gap counts as a break.
 PACE_BATCH_ITEM_SECONDS = 5.0
+# The team's ETA counts the reviewers who decided within this many days: one who stopped long ago is no help.
+TEAM_ACTIVE_DAYS = 7
 BULK_ACCEPT_REVIEWER = "bulk-accept"
 CSV_IMPORT_REVIEWER = "csv-import"
 # The names the command line records its own decisions under: the page and `add-reviewer` cannot take them.
@@ -349,6 +351,18 @@ class DecisionResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "changed": self.changed}
+
+
+@dataclass(frozen=True)
+class LeasedCrops:
+    """Crops held by other reviewers' live leases (a review page that shows them, or one closed lately)."""
+
+    count: int = 0
+    until: datetime | None = None  # when the last of these leases runs out
+    by_reviewer: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "until": _iso(self.until), "by_reviewer": self.by_reviewer}
 
 
 @dataclass
@@ -756,7 +770,12 @@ class ReviewQueue:
     # -- progress -------------------------------------------------------------------------------------
 
     def stats(self, reviewer: str | None = None) -> dict[str, Any]:
-        """Counts per class and state, decisions per reviewer, and the ETA at the reviewer's pace."""
+        """Counts per class and state, decisions per reviewer (with their pace), and the ETA.
+
+        The ETA is at `reviewer`'s pace when one is named (the page shows its reviewer theirs); without one it
+        is at the team's pace: the reviewers who decided in the last TEAM_ACTIVE_DAYS days, reviewing side by
+        side (their rates add up). The command line's own names (bulk accept, CSV import) have no pace.
+        """
         with self._transaction() as connection:
             counts = connection.execute(
                 select(Crop.label, Crop.state, func.count()).group_by(Crop.label, Crop.state)
@@ -766,15 +785,28 @@ class ReviewQueue:
             }
             for label, state, count in counts:
                 per_class.setdefault(label, {s.value: 0 for s in CropState})[state] = count
+            rows = connection.execute(
+                select(ReviewEvent.reviewer, func.count(), func.max(ReviewEvent.created_at))
+                .group_by(ReviewEvent.reviewer)
+                .order_by(func.max(ReviewEvent.created_at).desc())
+            ).all()
+            paces: dict[str, float | None] = {
+                name: None if name in RESERVED_REVIEWERS else _pace_seconds(connection, name)
+                for name, _, _ in rows
+            }
             reviewers = [
-                {"reviewer": name, "events": events, "last_at": _iso(last)}
-                for name, events, last in connection.execute(
-                    select(ReviewEvent.reviewer, func.count(), func.max(ReviewEvent.created_at))
-                    .group_by(ReviewEvent.reviewer)
-                    .order_by(func.max(ReviewEvent.created_at).desc())
-                )
+                {"reviewer": name, "events": events, "last_at": _iso(last), "pace_seconds": paces[name]}
+                for name, events, last in rows
             ]
-            pace = _pace_seconds(connection, reviewer) if reviewer else None
+            if reviewer:
+                pace = _pace_seconds(connection, reviewer)
+                pace_reviewers = [reviewer] if pace is not None else []
+            else:
+                active_since = utcnow() - timedelta(days=TEAM_ACTIVE_DAYS)
+                recent = {name for name, _, last in rows if (_as_utc(last) or active_since) > active_since}
+                team = {name: value for name, value in paces.items() if value is not None and name in recent}
+                pace = _team_pace(list(team.values()))
+                pace_reviewers = list(team)
         totals = {state.value: sum(c[state.value] for c in per_class.values()) for state in CropState}
         classes = {}
         for name, class_counts in per_class.items():
@@ -782,6 +814,7 @@ class ReviewQueue:
         return {
             "reviewer": reviewer,
             "pace_seconds": pace,
+            "pace_reviewers": pace_reviewers,
             "classes": classes,
             "total": _progress(totals, pace),
             "reviewers": reviewers,
@@ -822,6 +855,30 @@ class ReviewQueue:
                         connection, reviewer, crop, Decision.ACCEPT, CropState.ACCEPTED, crop.label, batch_id
                     )
                 connection.execute(delete(ReviewLease).where(ReviewLease.crop_id.in_([c.id for c in crops])))
+
+    def leased_by_others(self, queue_filter: QueueFilter, reviewer: str) -> LeasedCrops:
+        """The pending crops the filter selects that live leases of other reviewers hold (bulk accept leaves
+        them alone): how many, whose, and until when."""
+        pending_filter = QueueFilter(**{**asdict(queue_filter), "states": (CropState.PENDING,)})
+        with self._transaction() as connection:
+            rows = connection.execute(
+                select(ReviewLease.reviewer, func.count(), func.max(ReviewLease.expires_at))
+                .join(Crop, Crop.id == ReviewLease.crop_id)
+                .where(
+                    *pending_filter.conditions(),
+                    ReviewLease.expires_at > utcnow(),
+                    ReviewLease.reviewer != reviewer,
+                )
+                .group_by(ReviewLease.reviewer)
+                .order_by(ReviewLease.reviewer)
+            ).all()
+        if not rows:
+            return LeasedCrops()
+        return LeasedCrops(
+            count=sum(count for _, count, _ in rows),
+            until=max(moment for _, _, until in rows if (moment := _as_utc(until)) is not None),
+            by_reviewer={name: count for name, count, _ in rows},
+        )
 
     def export_csv(self, path: Path, queue_filter: QueueFilter | None = None) -> int:
         """Write one row per crop (EXPORT_COLUMNS); the file can be read back by `import_csv`."""
@@ -1172,6 +1229,12 @@ def _pace_seconds(connection: Connection, reviewer: str) -> float | None:
     if decided < PACE_MIN_DECISIONS:
         return None
     return round(active_seconds / decided, 3)
+
+
+def _team_pace(paces: list[float]) -> float | None:
+    """Seconds per crop of reviewers working side by side: their crops per second add up."""
+    rates = [1.0 / pace for pace in paces if pace > 0]
+    return round(1.0 / sum(rates), 3) if rates else None
 
 
 def _progress(counts: dict[str, int], pace: float | None) -> dict[str, Any]:

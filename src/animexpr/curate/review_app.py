@@ -73,7 +73,8 @@ SESSION_COOKIE = "animexpr_review"
 MAX_BODY_BYTES = 256 * 1024
 MAX_LOGIN_BYTES = 4096
 MAX_TOKEN_CHARS = 1024
-DEFAULT_GRID_SIZE = 48
+# The most crops on a grid page: the page shows the whole rows that fit the window, up to this many.
+DEFAULT_GRID_SIZE = 200
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "login.html": "text/html; charset=utf-8",

@@ -7,26 +7,23 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from animexpr.cli_common import console, err_console, get_state
-from animexpr.curate.review import (
-    BULK_ACCEPT_REVIEWER,
-    CSV_IMPORT_REVIEWER,
-    DEFAULT_LEASE_SECONDS,
-    STATE_FILTERS,
-    QueueFilter,
-    ReviewError,
-    ReviewerTokens,
-    ReviewQueue,
-    check_label,
-    check_page_reviewer,
-    check_reviewer,
-)
-from animexpr.curate.review_app import DEFAULT_GRID_SIZE, ReviewAppConfig, bind_socket, listen_warning, serve
+
+if TYPE_CHECKING:
+    from animexpr.curate.review import LeasedCrops
+
+# The options' defaults, spelled out here because curate.review and curate.review_app load SQLAlchemy and
+# starlette, which `animexpr --help` must not wait for; tests/test_cli_start.py checks them against theirs.
+DEFAULT_LEASE_SECONDS = 15 * 60
+DEFAULT_GRID_SIZE = 200
+BULK_ACCEPT_REVIEWER = "bulk-accept"
+CSV_IMPORT_REVIEWER = "csv-import"
+STATE_FILTER_NAMES = ("pending", "accepted", "rejected", "decided", "any")
 
 review_app = typer.Typer(
     help="Review the crops: the keyboard-first page (no subcommand), progress, CSV export and import, "
@@ -78,11 +75,19 @@ def review(
     lease_minutes: Annotated[
         float, typer.Option(help="How long a crop shown to one reviewer is kept from the others.")
     ] = DEFAULT_LEASE_SECONDS / 60,
-    grid_size: Annotated[int, typer.Option(help="Crops per page in grid mode.")] = DEFAULT_GRID_SIZE,
+    grid_size: Annotated[
+        int,
+        typer.Option(
+            help="The most crops on a grid page (1-200); the page shows the whole rows that fit the window."
+        ),
+    ] = DEFAULT_GRID_SIZE,
 ) -> None:
     """Serve the review page (every key press is saved at once; Ctrl-C stops the server)."""
     if ctx.invoked_subcommand is not None:
         return
+    from animexpr.curate.review import ReviewError, ReviewerTokens, check_page_reviewer
+    from animexpr.curate.review_app import ReviewAppConfig, bind_socket, listen_warning, serve
+
     state = get_state(ctx)
     name = check_page_reviewer(reviewer or default_reviewer())
     token = token or None  # ANIMEXPR_REVIEW_TOKEN="" means no token
@@ -125,6 +130,8 @@ def add_reviewer(
     that is running. The first reviewer with a token turns token mode on for servers started afterwards.
     Only the token goes to standard output, so `TOKEN=$(animexpr review add-reviewer alice)` works.
     """
+    from animexpr.curate.review import ReviewerTokens
+
     state = get_state(ctx)
     token, replaced = ReviewerTokens(state.engine).add(name)
     what = "replaced the token of" if replaced else "added"
@@ -141,6 +148,8 @@ def add_reviewer(
 @review_app.command("reviewers")
 def reviewers(ctx: typer.Context) -> None:
     """List the reviewers that have a token of their own."""
+    from animexpr.curate.review import ReviewerTokens
+
     rows = ReviewerTokens(get_state(ctx).engine).names()
     if not rows:
         console.print("no reviewer has a token (the page names its reviewer freely, on loopback only)")
@@ -156,6 +165,8 @@ def remove_reviewer(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="The reviewer whose token to delete.")]
 ) -> None:
     """Delete a reviewer's token: it stops working at once; their recorded decisions stay."""
+    from animexpr.curate.review import ReviewError, ReviewerTokens
+
     if not ReviewerTokens(get_state(ctx).engine).remove(name):
         raise ReviewError(f"no reviewer named {name!r} has a token (see `animexpr review reviewers`)")
     console.print(f"removed the token of reviewer {name}")
@@ -164,13 +175,23 @@ def remove_reviewer(
 @review_app.command("stats")
 def stats(
     ctx: typer.Context,
-    reviewer: ReviewerOption = None,
+    reviewer: Annotated[
+        str | None,
+        typer.Option(
+            "--reviewer",
+            help="The ETA at this reviewer's pace (default: at the pace of everyone who reviewed in the "
+            "last 7 days, side by side).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Progress per class, decisions per reviewer, and the ETA at the reviewer's pace."""
+    """Progress per class, decisions and pace per reviewer, and the ETA at the reviewers' recorded pace."""
+    from animexpr.curate.review import ReviewQueue, check_reviewer
+
     state = get_state(ctx)
     queue = ReviewQueue(state.engine, state.settings.class_names)
-    report = queue.stats(check_reviewer(reviewer or default_reviewer()))
+    report = queue.stats(check_reviewer(reviewer) if reviewer else None)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -183,18 +204,39 @@ def stats(
             _duration(counts["eta_seconds"]),
         )
     console.print(table)
+    console.print(_pace_line(report), highlight=False)
+    if report["reviewers"]:
+        reviewers = Table("reviewer", "events", "last decision", "pace")
+        for row in report["reviewers"]:
+            pace = row["pace_seconds"]
+            reviewers.add_row(
+                row["reviewer"], str(row["events"]), row["last_at"] or "-", f"{pace:.1f} s" if pace else "-"
+            )
+        console.print(reviewers)
+
+
+def _pace_line(report: dict[str, Any]) -> str:
+    """Whose pace the ETA is at, in words."""
+    from animexpr.curate.review import TEAM_ACTIVE_DAYS
+
     pace = report["pace_seconds"]
     who = report["reviewer"]
-    console.print(
-        f"{who}'s pace: {pace:.1f} s per crop"
-        if pace
-        else f"{who} has no recent pace yet (ETA needs a few decisions)"
-    )
-    if report["reviewers"]:
-        reviewers = Table("reviewer", "events", "last decision")
-        for row in report["reviewers"]:
-            reviewers.add_row(row["reviewer"], str(row["events"]), row["last_at"] or "-")
-        console.print(reviewers)
+    if who is not None:
+        return (
+            f"{who}'s pace: {pace:.1f} s per crop"
+            if pace
+            else f"{who} has no recent pace yet (ETA needs a few decisions)"
+        )
+    if not pace:
+        return (
+            f"no reviewer has a recent pace (the ETA needs a few decisions by someone in the last "
+            f"{TEAM_ACTIVE_DAYS} days)"
+        )
+    paces = {row["reviewer"]: row["pace_seconds"] for row in report["reviewers"]}
+    names = [f"{name} ({paces[name]:.1f} s per crop)" for name in report["pace_reviewers"]]
+    if len(names) == 1:
+        return f"ETA at the pace of {names[0]}"
+    return f"ETA at the pace of {', '.join(names[:-1])} and {names[-1]} side by side: {pace:.1f} s per crop"
 
 
 def _duration(seconds: Any) -> str:
@@ -209,11 +251,13 @@ def export(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="CSV file to write (replaced atomically).", dir_okay=False)],
     state_name: Annotated[
-        str, typer.Option("--state", help=f"Which crops: {', '.join(STATE_FILTERS)}.")
+        str, typer.Option("--state", help=f"Which crops: {', '.join(STATE_FILTER_NAMES)}.")
     ] = "any",
     label: Annotated[str | None, typer.Option(help="Only this class.", show_default=False)] = None,
 ) -> None:
     """Write one line per crop: id, hash, post, label, state, score, size, cluster, last reviewer, file."""
+    from animexpr.curate.review import QueueFilter, ReviewQueue
+
     state = get_state(ctx)
     queue = ReviewQueue(state.engine, state.settings.class_names)
     queue_filter = QueueFilter.from_mapping({"state": state_name, "label": label}, state.settings.class_names)
@@ -236,6 +280,8 @@ def import_(
     --reviewer` takes the whole import back. Exit status 1 when a line could not be applied; the other lines
     are applied all the same.
     """
+    from animexpr.curate.review import ReviewQueue, check_reviewer
+
     state = get_state(ctx)
     queue = ReviewQueue(state.engine, state.settings.class_names)
     report = queue.import_csv(file, check_reviewer(reviewer))
@@ -266,6 +312,8 @@ def accept(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count them.")] = False,
 ) -> None:
     """Accept all pending crops of a class and/or above a score, as one batch (`review undo` undoes it)."""
+    from animexpr.curate.review import QueueFilter, ReviewError, ReviewQueue, check_label, check_reviewer
+
     if label is None and min_score is None and min_size is None:
         raise ReviewError("say which crops to accept: --label, --min-score and/or --min-size")
     state = get_state(ctx)
@@ -278,14 +326,33 @@ def accept(
     queue = ReviewQueue(state.engine, class_names)
     count = queue.bulk_accept(queue_filter, check_reviewer(reviewer), dry_run=dry_run)
     if dry_run:
-        console.print(f"{count} pending crops match; nothing changed (--dry-run)")
+        console.print(f"{count} pending crops match; nothing changed (--dry-run)", highlight=False)
     else:
-        console.print(f"accepted {count} crops as reviewer {reviewer}")
+        console.print(f"accepted {count} crops as reviewer {reviewer}", highlight=False)
+    leased = queue.leased_by_others(queue_filter, reviewer)
+    if leased.count:
+        console.print(_leased_line(leased), highlight=False)
+
+
+def _leased_line(leased: LeasedCrops) -> str:
+    """Why some matching crops were left alone: review pages hold them (a closed page's until it runs out)."""
+    from datetime import UTC, datetime
+
+    assert leased.until is not None
+    minutes = max(1, math.ceil((leased.until - datetime.now(UTC)).total_seconds() / 60))
+    holders = ", ".join(f"{name}: {count}" for name, count in leased.by_reviewer.items())
+    return (
+        f"{leased.count} more pending crops match but are held by review pages ({holders}) until "
+        f"{leased.until:%H:%M} UTC (in {minutes} min), so they were left alone; a closed page's crops are "
+        "free again then: run this again after that"
+    )
 
 
 @review_app.command("undo")
 def undo(ctx: typer.Context, reviewer: ReviewerOption = None) -> None:
     """Take back the reviewer's latest decision, or their latest batch (grid page, bulk accept, import)."""
+    from animexpr.curate.review import ReviewQueue, check_reviewer
+
     state = get_state(ctx)
     name = check_reviewer(reviewer or default_reviewer())
     results = ReviewQueue(state.engine, state.settings.class_names).undo_last(name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -19,9 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from animexpr.cli_common import console, err_console, get_settings, get_state
-from animexpr.harvest.client import ClientPolicy, DanbooruClient, HarvestError, credentials_from
-from animexpr.harvest.crawl import ClassTally, Crawler, CrawlSummary
 from animexpr.harvest.policy import DEFAULT_EXCLUDED_TAGS, HarvestOptions, Variant, parse_ratings
+
+if TYPE_CHECKING:  # imported by the command itself, so that the other commands start fast
+    from animexpr.harvest.crawl import ClassTally, CrawlSummary
 
 DEFAULT_API_URL = "https://danbooru.donmai.us"
 
@@ -76,8 +77,11 @@ def harvest(
     ] = 30.0,
 ) -> None:
     """Crawl Danbooru for each class's tag with `solo`, and download the originals into the store."""
+    from animexpr.harvest.client import ClientPolicy, DanbooruClient, HarvestError, credentials_from
+    from animexpr.harvest.crawl import Crawler, CrawlSummary
+
     settings = get_settings(ctx)
-    state = get_state(ctx)
+    state = get_state(ctx, create_home=True)
     if variant not in ("original", "sample"):
         raise typer.BadParameter("use 'original' or 'sample'", param_hint="--variant")
     options = HarvestOptions(

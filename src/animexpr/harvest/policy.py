@@ -24,7 +24,6 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from animexpr.config import ClassSpec
-from animexpr.db.models import MAX_POST_ID
 from animexpr.errors import ConfigError, shown
 from animexpr.harvest.reasons import HarvestReason
 from animexpr.store import FILE_EXTENSIONS, MD5_PATTERN
@@ -125,6 +124,8 @@ def matching_classes(tags: frozenset[str], classes: Iterable[ClassSpec]) -> list
 
 def usable_post_id(post: object) -> int | None:
     """The post's id when it can key a row: an int from 1 to MAX_POST_ID (bool, float, str are not ids)."""
+    from animexpr.db.models import MAX_POST_ID  # here: `animexpr --help` imports this module, not SQLAlchemy
+
     if not isinstance(post, Mapping):
         return None
     value = post.get("id")

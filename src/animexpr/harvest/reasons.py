@@ -31,8 +31,10 @@ failed
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from animexpr.db.models import PostState
+if TYPE_CHECKING:  # imported where used: `animexpr --help` imports this module, not SQLAlchemy
+    from animexpr.db.models import PostState
 
 
 class HarvestReason(StrEnum):
@@ -51,6 +53,8 @@ class HarvestReason(StrEnum):
     @property
     def state(self) -> PostState:
         """The post state this reason goes with."""
+        from animexpr.db.models import PostState
+
         if self in _FAILURES:
             return PostState.FAILED
         return PostState.SKIPPED

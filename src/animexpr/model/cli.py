@@ -304,9 +304,24 @@ def transform(
     ] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("."),
     crop: Annotated[str, _opt("auto (crop non-square pictures), always or never.")] = "auto",
+    cascade: Annotated[
+        Path | None,
+        typer.Option(
+            help="The lbpcascade_animeface.xml that finds the faces in pictures to crop, as `crop` takes it. "
+            "Default: $ANIMEXPR_CASCADE, else the user cache, else a download checked against its pinned "
+            "sha256.",
+            show_default=False,
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     device: Annotated[str, _opt(f"{DEVICE_CHOICES}.")] = "cpu",
 ) -> None:
-    """Turn faces into another expression (--to CLASS) or into every one (--all)."""
+    """Turn faces into another expression (--to CLASS) or into every one (--all).
+
+    Outputs are named after their input (`face-smile.png`, `face-all.png`); when two inputs share a name,
+    the later one's outputs get a number (`face-2-smile.png`).
+    """
     if (to is None) == (not all_classes):
         raise typer.BadParameter("give exactly one of --to CLASS and --all")
     if crop not in ("auto", "always", "never"):
@@ -316,21 +331,33 @@ def transform(
     settings = get_settings(ctx)
     loaded = load_generator(checkpoint or settings.home / "runs", device)
     mode: CropMode = crop  # type: ignore[assignment]  # checked above
-    written = transform_images(images, loaded, out, to, _curate_cropper(), mode, source)
+    written = transform_images(images, loaded, out, to, _curate_cropper(cascade), mode, source)
     console.print(
         f"{len(written)} image(s) written to {out} by {loaded.config.variant} "
         f"(iteration {loaded.iteration}, {loaded.source.name})"
     )
 
 
-def _curate_cropper() -> Cropper | None:
-    """The curate room's face cropper, when it offers one (`animexpr.curate.crop.crop_faces`)."""
+def _curate_cropper(cascade: Path | None = None) -> Cropper | None:
+    """The curate room's face cropper (`animexpr.curate.crop.crop_faces`) with the LBP cascade `cascade`
+    (else found as `crop` finds it), or None when the curate room is not installed.
+
+    The cascade is found on the first picture that needs cropping, once: square face crops need none, so
+    they are transformed on a machine without it.
+    """
     try:
         module = importlib.import_module("animexpr.curate.crop")
     except ImportError:
         return None
-    cropper = getattr(module, "crop_faces", None)
-    return cropper if callable(cropper) else None
+    settings: list[Any] = []  # the crop settings, made on first use
+
+    def crop_faces(rgb: Any) -> Any:
+        if not settings:
+            detector = module.make_detector_spec("lbp", cascade=cascade)
+            settings.append(module.CropSettings(detector=detector, faces=module.FacePolicy.ALL))
+        return module.crop_faces(rgb, settings[0])
+
+    return crop_faces
 
 
 def register(app: typer.Typer) -> None:

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from animexpr.cli_common import console, get_settings
+from animexpr.cli_common import console, err_console, get_settings
 
 if TYPE_CHECKING:  # torch is imported by the commands themselves, so that other commands start fast
     from animexpr.model.evaluate import Progress as ProgressFn
@@ -20,12 +21,14 @@ if TYPE_CHECKING:  # torch is imported by the commands themselves, so that other
 
 @contextmanager
 def _progress_bar() -> Iterator[ProgressFn]:
+    # On standard error: standard output holds the report (`--json` prints it there for scripts to read),
+    # and a console that is not a terminal prints progress lines.
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=err_console,
         transient=True,
     ) as bar:
         tasks: dict[str, TaskID] = {}
@@ -192,6 +195,8 @@ def _print_report(report: dict[str, Any], written: Path) -> None:
         markup=False,
         highlight=False,
     )
+    for warning in report.get("warnings", []):
+        console.print(Text.assemble(("warning: ", "bold yellow"), warning), highlight=False)
 
 
 def compare(

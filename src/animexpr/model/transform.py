@@ -148,11 +148,14 @@ def transform_images(
 ) -> list[Path]:
     """Write `<stem>[-face<i>]-<class>.png` for one target, or a grid `<stem>[-face<i>]-all.png` for all.
 
+    Two inputs with the same stem (a/face.png and b/face.png, face.png and face.jpg) would write the same
+    file: the later one gets a number (`face-2-smile.png`) and a warning says so, so no output is lost.
     `source` is the class of every face given (needed by the baselines; the others ignore it).
     """
     source_index = checked_source(loaded, source)
     targets = [loaded.class_index(target)] if target is not None else list(range(len(loaded.classes)))
     written = []
+    names = OutputNames()
     for path in paths:
         try:
             image = decode_image(path).rgb
@@ -165,12 +168,34 @@ def transform_images(
         for i, face in enumerate(faces):
             stem = path.stem if len(faces) == 1 else f"{path.stem}-face{i}"
             x, outputs, masks = translate(loaded, [face], targets, source_index)
+            out = out_dir / names.claim(stem, target or "all", path)
             if target is not None:
-                out = out_dir / f"{stem}-{target}.png"
                 save_png(translation_grid(outputs[0], [], None), out)
             else:
-                out = out_dir / f"{stem}-all.png"
                 labels = grid_labels([loaded.classes[t] for t in targets])
                 save_png(translation_grid(x, outputs, masks, labels), out)
             written.append(out)
     return written
+
+
+class OutputNames:
+    """The file names one transform run writes, kept distinct: a name already written in this run gets the
+    first free number after the stem. Compared case-insensitively, as macOS and Windows folders do."""
+
+    def __init__(self) -> None:
+        self.taken: dict[str, Path] = {}  # casefolded name -> the input that wrote it
+
+    def claim(self, stem: str, suffix: str, source: Path) -> str:
+        name = f"{stem}-{suffix}.png"
+        if name.casefold() in self.taken:
+            first = self.taken[name.casefold()]
+            number = 2
+            while f"{stem}-{number}-{suffix}.png".casefold() in self.taken:
+                number += 1
+            unique = f"{stem}-{number}-{suffix}.png"
+            log.warning(
+                "%s: %s is already written from %s in this run; writing %s", source, name, first, unique
+            )
+            name = unique
+        self.taken[name.casefold()] = source
+        return name

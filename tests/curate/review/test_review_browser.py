@@ -32,7 +32,7 @@ if not CHROMIUM.exists():
     )
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 
-PER_CLASS = 15  # 60 crops: more than one grid page of 48
+PER_CLASS = 15  # 60 crops: more than one grid page at 1400 x 900 (50 crops)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,17 @@ def wait_until(page: Any, condition: Callable[[], bool], what: str) -> None:
 
 def tile_count(page: Any, selector: str = "#grid .tile") -> int:
     return len(page.query_selector_all(selector))
+
+
+def grid_page_size(page: Any) -> int:
+    """The crops a grid page holds in this window, as the page worked it out (whole rows that fit)."""
+    page.wait_for_selector("#grid[data-page-size]", timeout=10000)
+    return int(page.get_attribute("#grid", "data-page-size"))
+
+
+def full_grid_page(page: Any) -> int:
+    wait_until(page, lambda: tile_count(page) == grid_page_size(page), "a full grid page")
+    return grid_page_size(page)
 
 
 def events(engine: Engine) -> list[ReviewEvent]:
@@ -191,7 +202,8 @@ def test_grid_mode_marks_then_enter_then_undo(
 ) -> None:
     page = open_page()
     page.keyboard.press("g")
-    wait_until(page, lambda: tile_count(page) == 48, "a full grid page")
+    size = full_grid_page(page)
+    assert size < len(crops.ids)
     tiles = page.query_selector_all("#grid .tile")
     page_ids = [int(tile.get_attribute("data-id")) for tile in tiles]
     page.keyboard.press("Space")  # marks the first tile
@@ -202,18 +214,19 @@ def test_grid_mode_marks_then_enter_then_undo(
     marked = {page_ids[0], page_ids[2], page_ids[10]}
     assert len(page.query_selector_all("#grid .tile.marked")) == 3
     saved = press(page, "Enter", "/api/grid")
-    assert len(saved["results"]) == 48
+    assert len(saved["results"]) == size
     rows = {e.crop_id: e for e in events(engine)}
     assert set(rows) == set(page_ids)
     assert {c for c, e in rows.items() if e.state_after == "rejected"} == marked
     assert len({e.batch_id for e in rows.values()}) == 1
-    # The next page shows the 12 crops that are left, none of the decided ones.
-    wait_until(page, lambda: tile_count(page) == 12, "the last 12 crops")
+    # The next page shows the crops that are left, none of the decided ones.
+    left = len(crops.ids) - size
+    wait_until(page, lambda: tile_count(page) == min(left, size), "the crops that are left")
     rest = {int(tile.get_attribute("data-id")) for tile in page.query_selector_all("#grid .tile")}
-    assert rest == set(crops.ids) - set(page_ids)
+    assert rest <= set(crops.ids) - set(page_ids)
     # u takes the whole page back, with its marks.
     undone = press(page, "u", "/api/undo")
-    assert len(undone["results"]) == 48
+    assert len(undone["results"]) == size
     wait_until(page, lambda: tile_count(page, "#grid .tile.marked") == 3, "the marks to come back")
     marked_again = {
         int(tile.get_attribute("data-id")) for tile in page.query_selector_all("#grid .tile.marked")
@@ -263,7 +276,7 @@ def test_screenshots_of_single_and_grid_mode(open_page: Callable[..., Any], tmp_
     assert box > 20  # the detector box is drawn over the source at a visible size
     page.screenshot(path=str(folder / "review-single.png"))
     page.keyboard.press("g")
-    wait_until(page, lambda: tile_count(page) == 48, "a full grid page")
+    full_grid_page(page)
     page.keyboard.press("Space")
     page.keyboard.press("ArrowDown")
     page.keyboard.press("Space")
@@ -304,3 +317,66 @@ def test_token_login_in_the_browser_keeps_the_secret_out_of_the_page(
             assert [(e.crop_id, e.reviewer) for e in events(engine)] == [(shown, "bob")]
         finally:
             context.close()
+
+
+@pytest.mark.parametrize("window", [(1280, 800), (1920, 1080)], ids=["1280x800", "1920x1080"])
+def test_grid_page_is_the_whole_rows_that_fit_and_enter_decides_only_those(
+    browser: Any, engine: Engine, settings: Settings, store: FileStore, window: tuple[int, int]
+) -> None:
+    crops = seed_crops(engine, store, settings.class_names, per_class=30)  # 120: more than a page
+    width, height = window
+    app = create_app(engine, settings, ReviewAppConfig(reviewer="alice"))
+    with LiveServer(app) as live:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(live.url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=15000)
+            page.keyboard.press("g")
+            size = full_grid_page(page)
+            columns = int(page.get_attribute("#grid", "data-columns"))
+            boxes = [tile.bounding_box() for tile in page.query_selector_all("#grid .tile")]
+            assert columns == len({round(box["x"]) for box in boxes})
+            assert size % columns == 0
+            assert size < len(crops.ids)
+            # Every tile is wholly in the window, and one more row would not fit above the footer.
+            assert all(box["y"] >= 0 and box["y"] + box["height"] <= height for box in boxes)
+            assert all(box["x"] >= 0 and box["x"] + box["width"] <= width for box in boxes)
+            footer_top = page.query_selector("footer").bounding_box()["y"]
+            gap = boxes[columns]["y"] - (boxes[0]["y"] + boxes[0]["height"])
+            last = boxes[-1]
+            assert last["y"] + last["height"] <= footer_top
+            assert last["y"] + last["height"] + gap + last["height"] > footer_top - 12  # main's padding
+            assert page.evaluate("() => document.documentElement.scrollHeight") <= height
+
+            shown = [int(tile.get_attribute("data-id")) for tile in page.query_selector_all("#grid .tile")]
+            page.keyboard.press("Space")
+            saved = press(page, "Enter", "/api/grid")
+            assert sorted(result["crop_id"] for result in saved["results"]) == sorted(shown)
+            decided = {event.crop_id: event.state_after for event in events(engine)}
+            assert decided == dict.fromkeys(shown[1:], "accepted") | {shown[0]: "rejected"}
+            assert all(crop_row(engine, c).state == "pending" for c in set(crops.ids) - set(shown))
+            assert errors == []
+        finally:
+            context.close()
+
+
+def test_grid_page_follows_a_resized_window(browser: Any, server: LiveServer, crops: SeededCrops) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        page.keyboard.press("g")
+        large = full_grid_page(page)
+        assert large < len(crops.ids)
+        page.set_viewport_size({"width": 900, "height": 700})
+        wait_until(page, lambda: grid_page_size(page) < large, "a smaller page after the resize")
+        small = full_grid_page(page)
+        bottoms = [tile.bounding_box() for tile in page.query_selector_all("#grid .tile")]
+        assert small % int(page.get_attribute("#grid", "data-columns")) == 0
+        assert all(box["y"] + box["height"] <= 700 for box in bottoms)
+    finally:
+        context.close()

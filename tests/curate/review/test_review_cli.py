@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -17,8 +20,8 @@ from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 from animexpr.cli import app
-from animexpr.curate.review import ReviewError
-from animexpr.db.models import Crop, CropState, ReviewEvent
+from animexpr.curate.review import QueueFilter, ReviewError, ReviewQueue
+from animexpr.db.models import Crop, CropState, ReviewEvent, utcnow
 from animexpr.db.session import session_scope
 
 runner = CliRunner()
@@ -60,6 +63,46 @@ def test_bulk_accept_dry_run_then_real_then_undo(home: Path, seeded: SeededCrops
     code, output, exception = _run(home, "accept")
     assert isinstance(exception, ReviewError)
     assert "--label" in str(exception)
+
+
+def test_bulk_accept_says_how_many_crops_a_closed_page_still_holds(
+    home: Path, seeded: SeededCrops, engine: Engine
+) -> None:
+    queue = ReviewQueue(engine, ("angry", "sad", "smile", "surprised"))
+    queue.lease_next("bob", QueueFilter(labels=("smile",)), count=6)  # bob's page, then closed
+    code, output, _ = _run(home, "accept", "--label", "smile", "--dry-run")
+    assert code == 0, output
+    lines = output.splitlines()
+    assert lines[0] == "0 pending crops match; nothing changed (--dry-run)"
+    assert re.fullmatch(
+        r"6 more pending crops match but are held by review pages \(bob: 6\) until \d\d:\d\d UTC "
+        r"\(in 1[45] min\), so they were left alone; a closed page's crops are free again then: run this "
+        r"again after that",
+        " ".join(lines[1:]),
+    ), output
+    code, output, _ = _run(home, "accept", "--label", "sad")
+    assert output.strip() == "accepted 6 crops as reviewer bulk-accept"  # nothing held: no second line
+
+
+def test_stats_estimate_from_the_reviewers_who_decided(
+    home: Path, seeded: SeededCrops, engine: Engine
+) -> None:
+    queue = ReviewQueue(engine, ("angry", "sad", "smile", "surprised"))
+    for crop_id in seeded.ids[:4]:
+        queue.decide("alice", crop_id, "accept")
+    with session_scope(engine) as session:
+        events = session.scalars(select(ReviewEvent).order_by(ReviewEvent.id)).all()
+        for index, event in enumerate(events):
+            event.created_at = utcnow() - timedelta(minutes=10) + timedelta(seconds=3 * index)
+    code, output, _ = _run(home, "stats")  # run by someone who never reviewed
+    assert code == 0, output
+    assert "ETA at the pace of alice (3.0 s per crop)" in output
+    assert "1 min" in output  # 20 crops pending at 3 s
+    code, output, _ = _run(home, "stats", "--json")
+    report = json.loads(output)
+    assert (report["reviewer"], report["pace_seconds"], report["pace_reviewers"]) == (None, 3.0, ["alice"])
+    code, output, _ = _run(home, "stats", "--reviewer", "bob")
+    assert "bob has no recent pace yet" in output
 
 
 def test_export_and_import_from_the_command_line(

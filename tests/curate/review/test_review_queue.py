@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from animexpr.curate.review import (
     CropNotFound,
     Decision,
     LeaseConflict,
+    LeasedCrops,
     Order,
     QueueFilter,
     ReviewError,
@@ -443,3 +444,57 @@ def test_import_needs_the_columns(queue: ReviewQueue, tmp_path: Path) -> None:
     path.write_text("id,verdict\n1,yes\n")
     with pytest.raises(ReviewError, match="crop_id or sha256"):
         queue.import_csv(path)
+
+
+def test_leased_by_others_counts_what_bulk_accept_leaves_alone(
+    queue: ReviewQueue, seeded: SeededCrops
+) -> None:
+    smile = QueueFilter(labels=("smile",))
+    held = [item["id"] for item in queue.lease_next("bob", smile, count=4)]  # a page bob then closed
+    assert queue.leased_by_others(smile, "bulk-accept").count == 4
+    assert queue.bulk_accept(smile, dry_run=True) == 2  # 6 smiles, 4 held
+    leased = queue.leased_by_others(smile, "bulk-accept")
+    assert leased.by_reviewer == {"bob": 4}
+    assert leased.until is not None
+    assert timedelta(minutes=14) < leased.until - utcnow() <= timedelta(minutes=15)
+    assert queue.leased_by_others(smile, "bob").count == 0  # bob's own leases do not stop bob
+    assert queue.leased_by_others(QueueFilter(labels=("sad",)), "bulk-accept").count == 0
+    queue.decide("bob", held[0], "accept")  # decided: no longer pending, whatever its lease
+    assert queue.leased_by_others(smile, "bulk-accept").count == 3
+    queue.release_leases("bob")
+    assert queue.leased_by_others(smile, "bulk-accept") == LeasedCrops()
+
+
+def _space_decisions(engine: Engine, reviewer: str, seconds_apart: float, start: datetime) -> None:
+    with session_scope(engine) as session:
+        rows = session.scalars(
+            select(ReviewEvent).where(ReviewEvent.reviewer == reviewer).order_by(ReviewEvent.id)
+        )
+        for index, event in enumerate(rows):
+            event.created_at = start + timedelta(seconds=seconds_apart * index)
+
+
+def test_stats_without_a_reviewer_estimate_from_the_reviewers_who_worked(
+    queue: ReviewQueue, seeded: SeededCrops, engine: Engine
+) -> None:
+    for crop_id in seeded.ids[:4]:
+        queue.decide("alice", crop_id, "accept")
+    for crop_id in seeded.ids[4:8]:
+        queue.decide("bob", crop_id, "reject")
+    for crop_id in seeded.ids[8:12]:
+        queue.decide("carol", crop_id, "accept")
+    queue.bulk_accept(QueueFilter(labels=("surprised",)))  # the command line's own name has no pace
+    recent = utcnow() - timedelta(hours=1)
+    _space_decisions(engine, "alice", 2.0, recent)
+    _space_decisions(engine, "bob", 6.0, recent)
+    _space_decisions(engine, "carol", 1.0, utcnow() - timedelta(days=30))  # stopped long ago
+    report = queue.stats()
+    assert report["reviewer"] is None
+    assert sorted(report["pace_reviewers"]) == ["alice", "bob"]
+    assert report["pace_seconds"] == 1.5  # side by side: 1/2 + 1/6 crops per second
+    assert report["total"]["eta_seconds"] == round(report["total"]["pending"] * 1.5)
+    paces = {row["reviewer"]: row["pace_seconds"] for row in report["reviewers"]}
+    assert paces == {"alice": 2.0, "bob": 6.0, "carol": 1.0, "bulk-accept": None}
+    # A named reviewer still gets their own pace (the page shows its reviewer theirs).
+    assert queue.stats("bob")["pace_seconds"] == 6.0
+    assert queue.stats("dave")["pace_seconds"] is None

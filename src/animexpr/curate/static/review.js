@@ -20,6 +20,8 @@ const S = {
   order: "worst-first",
   marks: new Set(),
   gridSel: 0,
+  gridSize: 0, // crops on a grid page: the whole rows that fit the window (fitGrid), at most config.grid_size
+  gridColumns: 1,
   stats: null,
   decisionsSinceStats: 0,
   keyGeneration: 0,
@@ -130,8 +132,11 @@ async function decide(decision, label) {
 }
 
 async function decidePage() {
-  const page = gridPage();
-  if (!page.length) return;
+  const page = shownPage();
+  if (!page.length) {
+    if (gridPage().length) toast("no crop is wholly on screen: make the window larger");
+    return;
+  }
   const reject = page.filter((item) => S.marks.has(item.id)).map((item) => item.id);
   const accept = page.filter((item) => !S.marks.has(item.id)).map((item) => item.id);
   const data = await api("/api/grid", { accept, reject });
@@ -149,8 +154,28 @@ async function decidePage() {
         `${reject.length - countSkipped(reject, data.skipped)} rejected` +
         (skipped ? `, ${skipped} taken by another reviewer` : ""));
   afterDecisions(page.length);
-  await fillQueue(S.config.grid_size);
+  await fillQueue(gridSize());
   render();
+}
+
+// The crops of this page whose tiles are wholly inside the window, from the first on: Enter decides only
+// what the reviewer could see (a prefix, so that the cursor can move past them).
+function shownPage() {
+  const page = gridPage();
+  const tiles = $("#grid").children;
+  const shown = [];
+  for (const [index, item] of page.entries()) {
+    const tile = tiles[index];
+    if (!tile || Number(tile.dataset.id) !== item.id || !whollyInWindow(tile)) break;
+    shown.push(item);
+  }
+  return shown;
+}
+
+function whollyInWindow(element) {
+  const box = element.getBoundingClientRect();
+  return box.width > 0 && box.top >= 0 && box.left >= 0 && box.bottom <= window.innerHeight &&
+    box.right <= window.innerWidth;
 }
 
 function countSkipped(ids, skipped) {
@@ -199,7 +224,7 @@ function afterDecisions(count) {
   S.decisionsSinceStats += count;
   if (S.decisionsSinceStats >= 25) refreshStats().catch(showError);
   renderProgress();
-  fillQueue(S.mode === "grid" ? S.config.grid_size * 2 : AHEAD).then(render);
+  fillQueue(S.mode === "grid" ? gridSize() * 2 : AHEAD).then(render);
 }
 
 // ---------------------------------------------------------------- keys
@@ -250,7 +275,7 @@ function singleAction(key) {
 }
 
 function gridAction(key) {
-  const columns = gridColumns();
+  const columns = S.gridColumns;
   switch (key) {
     case "ArrowRight": case "l": return () => moveGrid(+1);
     case "ArrowLeft": case "h": return () => moveGrid(-1);
@@ -296,7 +321,7 @@ async function setMode(mode, cursor) {
   localStorage.setItem("animexpr.review.mode", mode);
   render();
   if (mode === "grid") {
-    await fillQueue(S.config.grid_size);
+    await fillQueue(gridSize());
     render();
   }
 }
@@ -309,7 +334,7 @@ async function reloadQueue() {
   S.marks.clear();
   S.gridSel = 0;
   render();
-  await fillQueue(S.mode === "grid" ? S.config.grid_size : AHEAD);
+  await fillQueue(S.mode === "grid" ? gridSize() : AHEAD);
   await refreshStats();
   render();
 }
@@ -318,6 +343,7 @@ async function reloadQueue() {
 
 function render() {
   const current = S.items[S.cursor];
+  if (S.mode === "grid") fitGrid();
   const empty = S.mode === "grid" ? gridPage().length === 0 : !current;
   $("#loading").hidden = true;
   $("#empty").hidden = !(empty && S.exhausted);
@@ -434,14 +460,35 @@ function placeBox(element, left, top, width, height) {
 }
 
 function gridPage() {
-  return S.items.slice(S.cursor, S.cursor + S.config.grid_size);
+  return S.items.slice(S.cursor, S.cursor + gridSize());
 }
 
-function gridColumns() {
+function gridSize() {
+  return S.gridSize || fitGrid();
+}
+
+// The grid page holds the whole rows of tiles that fit between the grid's top and the footer (at least one
+// row), and no more than --grid-size crops. Measured on the laid-out grid: its CSS decides the columns.
+function fitGrid() {
+  const view = $("#grid-view");
+  const single = $("#single-view");
+  const hidden = [view.hidden, single.hidden];
+  view.hidden = false; // a hidden grid has no columns to measure, and the single view would push it down
+  single.hidden = true;
   const grid = $("#grid");
-  const tile = grid.querySelector(".tile");
-  if (!tile) return 8;
-  return Math.max(1, Math.round(grid.clientWidth / (tile.offsetWidth + 8)));
+  const style = getComputedStyle(grid);
+  const tracks = style.gridTemplateColumns.split(" ").map(parseFloat).filter((width) => width > 0);
+  const columns = Math.max(1, tracks.length);
+  const tile = tracks[0] || 128;
+  const gap = parseFloat(style.rowGap) || 0;
+  const bottom = window.innerHeight - $("footer").offsetHeight - parseFloat(getComputedStyle($("main")).paddingBottom);
+  const rowsThatFit = Math.floor((bottom - grid.getBoundingClientRect().top + gap) / (tile + gap));
+  [view.hidden, single.hidden] = hidden;
+  const limit = S.config.grid_size;
+  const rows = Math.max(1, Math.min(rowsThatFit, Math.floor(limit / columns)));
+  S.gridColumns = columns;
+  S.gridSize = Math.max(1, Math.min(limit, rows * columns));
+  return S.gridSize;
 }
 
 function renderGrid() {
@@ -449,7 +496,9 @@ function renderGrid() {
   const grid = $("#grid");
   const marked = page.filter((item) => S.marks.has(item.id)).length;
   $("#grid-info").textContent = `${page.length} crops on this page · ${marked} marked for rejection · ` +
-    "Enter rejects the marked and accepts the rest";
+    "Enter rejects the marked and accepts the others on screen";
+  grid.dataset.pageSize = String(S.gridSize); // read by the tests, which check the fit
+  grid.dataset.columns = String(S.gridColumns);
   const tiles = grid.children;
   page.forEach((item, index) => {
     let tile = tiles[index];
@@ -551,8 +600,8 @@ function renderHint() {
 }
 
 function prefetch() {
-  const start = S.mode === "grid" ? S.cursor + S.config.grid_size : S.cursor + 1;
-  const count = S.mode === "grid" ? S.config.grid_size : PREFETCH;
+  const start = S.mode === "grid" ? S.cursor + gridSize() : S.cursor + 1;
+  const count = S.mode === "grid" ? gridSize() : PREFETCH;
   for (const item of S.items.slice(start, start + count)) {
     new Image().src = item.image;
     if (item.source && S.mode === "single") new Image().src = item.source;
@@ -653,12 +702,25 @@ async function start() {
   const [history] = await Promise.all([api("/api/history?limit=50"), refreshStats()]);
   for (const item of history.items) addItem(item);
   S.cursor = S.items.length;
-  await fillQueue(S.mode === "grid" ? S.config.grid_size : AHEAD);
+  await fillQueue(S.mode === "grid" ? gridSize() : AHEAD);
   render();
+  window.addEventListener("resize", onResize);
   performance.mark("review-ready"); // the first crop is on screen (bench/review.py reads this)
   document.body.dataset.ready = "1";
   setInterval(() => refreshStats().catch(showError), STATS_EVERY_MS);
   setInterval(renewLeases, RENEW_EVERY_MS);
+}
+
+let resizeTimer = 0;
+function onResize() {
+  // A new window size makes a new page size: show the rows that fit now, fetching more crops if needed.
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    if (S.mode !== "grid") return;
+    S.gridSize = 0;
+    S.gridSel = Math.min(S.gridSel, gridSize() - 1);
+    fillQueue(gridSize()).then(render);
+  }, 100);
 }
 
 function renewLeases() {
