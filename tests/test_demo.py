@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from animexpr.demo import write_scripted_decisions
 
 PER_CLASS = 8
@@ -98,3 +100,13 @@ def _cli(env: dict[str, str], home: Path, *args: str) -> str:
         capture_output=True, text=True, env=env, timeout=120, check=True,
     )  # fmt: skip
     return result.stdout
+
+
+def test_the_closing_hints_name_a_command_that_runs_in_a_new_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    from animexpr import demo
+
+    venv_command = Path(sys.executable).parent / "animexpr"
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)  # a new shell without the venv activated
+    assert Path(demo.runnable_command()).resolve() == venv_command.resolve()
+    monkeypatch.setattr(demo.shutil, "which", lambda name: str(venv_command))  # the venv is active
+    assert demo.runnable_command() == "animexpr"

@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -331,7 +332,19 @@ def _print_where(home: Path, run: Path, seconds: float) -> None:
     console.print(f"transformed faces: {home / 'transformed'}")
     if (run / "eval.md").exists():
         console.print(f"evaluation report: {run / 'eval.md'}")
-    console.print(f"review the crops yourself: animexpr --home {home} review")
+    console.print(f"review the crops yourself: {runnable_command()} --home {home} review")
+
+
+def runnable_command() -> str:
+    """How to call animexpr from a new shell: `animexpr` when it is on PATH, else its path in the venv."""
+    on_path = shutil.which("animexpr")
+    here = Path(sys.executable).parent / "animexpr"
+    if on_path and Path(on_path).resolve() == here.resolve():
+        return "animexpr"
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
 
 
 def register(app: typer.Typer) -> None:
