@@ -1,4 +1,8 @@
-"""Databases and homes that cannot be used: one line each, through the real command line, nothing written."""
+"""Databases and homes that cannot be used: one line each, through the real command line, nothing written.
+
+A home without a store is refused by every command but `init` (and `harvest`), so the database errors are
+shown through `init`, which must open the database.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def make_animexpr_db(tmp_path: Path) -> Path:
 def test_a_text_file_as_the_database(tmp_path: Path) -> None:
     db = tmp_path / "notes.txt"
     db.write_text("shopping list\n" * 100)
-    result = run_cli(tmp_path / "home", "--db", sqlite_url(db), "status")
+    result = run_cli(tmp_path / "home", "--db", sqlite_url(db), "init")
     assert_one_line_error(result, str(db), "not a database")
     assert db.read_text() == "shopping list\n" * 100
 
@@ -48,13 +52,13 @@ def test_a_truncated_sqlite_file(tmp_path: Path) -> None:
     whole = make_animexpr_db(tmp_path).read_bytes()
     db = tmp_path / "truncated.sqlite3"
     db.write_bytes(whole[:3000])
-    assert_one_line_error(run_cli(tmp_path / "home", "--db", sqlite_url(db), "status"), str(db))
+    assert_one_line_error(run_cli(tmp_path / "home", "--db", sqlite_url(db), "init"), str(db))
 
 
 def test_a_folder_as_the_database(tmp_path: Path) -> None:
     folder = tmp_path / "folder.sqlite3"
     folder.mkdir()
-    result = run_cli(tmp_path / "home", "--db", sqlite_url(folder), "status")
+    result = run_cli(tmp_path / "home", "--db", sqlite_url(folder), "init")
     assert_one_line_error(result, "is a folder")
 
 
@@ -67,7 +71,7 @@ def test_an_unknown_database_kind_in_the_settings_file(tmp_path: Path) -> None:
 
 def test_an_unreachable_postgresql_hides_the_password(tmp_path: Path) -> None:
     url = "postgresql+psycopg://someone:hunter2@127.0.0.1:1/animexpr"
-    result = run_cli(tmp_path / "home", "--db", url, "status")
+    result = run_cli(tmp_path / "home", "--db", url, "init")
     assert_one_line_error(result, "127.0.0.1", "***")
     assert "hunter2" not in result.stderr + result.stdout
 
@@ -104,7 +108,7 @@ def test_a_foreign_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> 
     db = tmp_path / "other-program.sqlite3"
     with sqlite3.connect(db) as connection:
         connection.execute("CREATE TABLE notes (body TEXT)")
-    result = run_cli(tmp_path / "home", "--db", sqlite_url(db), "status")
+    result = run_cli(tmp_path / "home", "--db", sqlite_url(db), "init")
     assert_one_line_error(result, "another program", "notes")
     assert inspect(create_engine(sqlite_url(db))).get_table_names() == ["notes"]
 
@@ -113,7 +117,7 @@ def test_two_homes_on_one_database_are_refused(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     db_option = ["--db", sqlite_url(tmp_path / "shared.sqlite3")]
     assert run_cli(first, *db_option, "init").returncode == 0
-    result = run_cli(second, *db_option, "status")
+    result = run_cli(second, *db_option, "init")
     assert_one_line_error(result, f"belongs to the store at {first.resolve()}", str(second))
     assert not (second / STORE_ID_FILE).exists()
     assert run_cli(first, *db_option, "status").returncode == 0
