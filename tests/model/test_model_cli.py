@@ -137,6 +137,18 @@ def test_dry_run_prints_the_config_and_parameter_counts(snapshot_dir: Path, tmp_
     assert "44,753,856" in result.output
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("--precision", "fp64"), ("--lr-schedule", "cosine"), ("--mapping-init", "xavier")]
+)
+def test_train_choices_are_checked_by_the_command_line(
+    option: str, value: str, snapshot_dir: Path, tmp_path: Path
+) -> None:
+    command = ["--home", str(tmp_path), "train", "--snapshot", str(snapshot_dir), option, value, "--dry-run"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output  # a usage error, before anything is read or built
+    assert value in unwrapped(result.output)
+
+
 def _noise_image(path: Path, seed: int, size: tuple[int, int] = (40, 40)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)

@@ -16,8 +16,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from animexpr.cli_common import console, get_settings
-from animexpr.model.config import ALL_VARIANTS, BASELINES, DEVICE_CHOICES, VARIANT_DEFAULTS, TrainConfig
+from animexpr.cli_common import console, err_console, get_settings
+from animexpr.model.config import (
+    ALL_VARIANTS,
+    BASELINES,
+    DEVICE_CHOICES,
+    VARIANT_DEFAULTS,
+    LrSchedule,
+    MappingInit,
+    Precision,
+    TrainConfig,
+)
 
 if TYPE_CHECKING:
     from animexpr.model.transform import CropMode, Cropper
@@ -68,7 +77,7 @@ def train(
         ),
     ] = None,
     lr_schedule: Annotated[
-        str,
+        LrSchedule,
         _opt(
             "linear: a true linear decay to 0 from --decay-start to --iters; stargan: StarGAN's official "
             "rule (lr/(iters-decay_start) subtracted every 1,000 iterations, which barely decays)."
@@ -103,9 +112,9 @@ def train(
     lambda_mask: Annotated[float, _opt("Mask collapse guard weight (0: off).")] = _DEFAULTS["lambda_mask"],
     balanced: Annotated[bool, _opt("Draw classes uniformly, not by frequency.")] = _DEFAULTS["balanced"],
     device: Annotated[str, _opt(f"{DEVICE_CHOICES}.")] = _DEFAULTS["device"],
-    precision: Annotated[str, _opt("fp32, tf32 or bf16 (autocast; GP norm and CX stay fp32).")] = _DEFAULTS[
-        "precision"
-    ],
+    precision: Annotated[
+        Precision, _opt("fp32, tf32 or bf16 (autocast; GP norm and CX stay fp32).")
+    ] = _DEFAULTS["precision"],
     run_dir: Annotated[Path | None, _opt("Folder of numbered runs [default: HOME/runs].")] = None,
     resume: Annotated[
         str | None,
@@ -138,7 +147,7 @@ def train(
     mapping_dim: Annotated[int, _opt("Hidden width of F.")] = _DEFAULTS["mapping_dim"],
     style_dim: Annotated[int, _opt("Size N of the control information.")] = _DEFAULTS["style_dim"],
     mapping_init: Annotated[
-        str,
+        MappingInit,
         _opt(
             "Initial weights of F: he (Kaiming, lets the label reach G from the start) or torch "
             "(PyTorch's default: the label barely changes G's output at first)."
@@ -165,7 +174,7 @@ def train(
         n_critic=n_critic,
         lr=lr,
         decay_start=decay_start,
-        lr_schedule=lr_schedule,  # TrainConfig checks the value
+        lr_schedule=lr_schedule,
         ema_beta=ema,
         lambda_cx=lambda_cx,
         lambda_cls=lambda_cls,
@@ -178,7 +187,7 @@ def train(
         lambda_mask=lambda_mask,
         balanced=balanced,
         device=device,
-        precision=precision,  # TrainConfig checks the value
+        precision=precision,
         seed=seed,
         vgg_weights=str(vgg_weights) if vgg_weights else None,
         vgg_random=vgg_random,
@@ -191,7 +200,7 @@ def train(
         d_repeat_num=d_repeat_num,
         mapping_dim=mapping_dim,
         style_dim=style_dim,
-        mapping_init=mapping_init,  # TrainConfig checks the value
+        mapping_init=mapping_init,
         log_every=log_every,
         sample_every=sample_every,
         ckpt_every=ckpt_every,
@@ -266,7 +275,7 @@ class _progress_bar:
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"),
-            console=console,
+            console=err_console,  # beside the log lines, and never mixed into what a script reads from stdout
         )
         self.progress.start()
         self.task = None
