@@ -42,29 +42,9 @@ def test_help_loads_no_heavy_library(args: list[str]) -> None:
     assert "Usage" in result.stdout
 
 
-def test_crop_option_defaults_match_the_cropper() -> None:
-    from animexpr.curate import crop, crop_cli, detect
+def test_the_review_filter_table_has_the_names_the_command_offers() -> None:
+    # The names live in curate.defaults (light); the table of states each stands for in curate.review.
+    from animexpr.curate import review
+    from animexpr.curate.defaults import STATE_FILTER_NAMES
 
-    assert crop_cli.DEFAULT_MARGIN == crop.DEFAULT_MARGIN
-    assert crop_cli.DEFAULT_SIZE == crop.DEFAULT_SIZE
-    assert crop.default_min_face(crop.DEFAULT_SIZE, crop.DEFAULT_MARGIN) == crop_cli.DEFAULT_MIN_FACE
-    assert crop_cli.CASCADE_ENV == detect.CASCADE_ENV
-    assert [policy.value for policy in crop_cli.FacePolicy] == [policy.value for policy in crop.FacePolicy]
-
-
-def test_review_option_defaults_match_the_queue_and_the_page() -> None:
-    from animexpr.curate import review, review_app, review_cli
-
-    assert review_cli.DEFAULT_LEASE_SECONDS == review.DEFAULT_LEASE_SECONDS
-    assert review_cli.DEFAULT_GRID_SIZE == review_app.DEFAULT_GRID_SIZE
-    assert review_cli.BULK_ACCEPT_REVIEWER == review.BULK_ACCEPT_REVIEWER
-    assert review_cli.CSV_IMPORT_REVIEWER == review.CSV_IMPORT_REVIEWER
-    assert tuple(review.STATE_FILTERS) == review_cli.STATE_FILTER_NAMES
-
-
-def test_expand_and_snapshot_option_defaults_match_the_stages() -> None:
-    from animexpr.curate import augment, dedup, expand_cli, snapshot
-
-    assert expand_cli.DEFAULT_TARGET == augment.DEFAULT_TARGET
-    assert expand_cli.DEFAULT_MAX_DISTANCE == dedup.DEFAULT_MAX_DISTANCE
-    assert expand_cli.DEFAULT_TEST_FRACTION == snapshot.DEFAULT_TEST_FRACTION
+    assert tuple(review.STATE_FILTERS) == STATE_FILTER_NAMES

@@ -48,6 +48,7 @@ from animexpr.curate.dedup import (
     imdecode_checked,
     update_duplicates,
 )
+from animexpr.curate.defaults import DEFAULT_TARGET
 from animexpr.db.models import Augmentation, Expansion
 from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The paper's dataset: 7,306 cleaned faces expanded to 11,612 images.
-DEFAULT_TARGET = 11_612
 RECIPE_VERSION = "face-safe-v1"
 Balance = Literal["proportional", "equal"]
 BALANCES: tuple[Balance, ...] = ("proportional", "equal")

@@ -42,6 +42,12 @@ import numpy as np
 from sqlalchemy import Engine, exists, select
 from sqlalchemy.exc import IntegrityError
 
+from animexpr.curate.defaults import (
+    DEFAULT_MARGIN,
+    DEFAULT_SIZE,
+    FacePolicy,
+    default_min_face,
+)
 from animexpr.curate.detect import (
     CASCADE_WINDOW_PX,
     DETECTORS,
@@ -64,9 +70,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the same settings would now give other pixels: the settings key changes, posts are cropped anew.
 CROP_ALGORITHM_VERSION: Final = 1
-DEFAULT_MARGIN: Final = 0.25
-DEFAULT_SIZE: Final = 128
-MAX_UPSCALE: Final = 2.0
 # With several faces, the largest is "dominant" when its side is at least twice the next one's (4x the area).
 DEFAULT_DOMINANCE: Final = 2.0
 # Images over 3072 x 3072 pixels are searched on a copy reduced to this many pixels (detection time grows
@@ -78,15 +81,6 @@ PAD_VALUE: Final = (255, 255, 255)
 WORKER_OPENCV_THREADS = 1
 _FLUSH_EVERY: Final = 32
 _FLUSH_SECONDS: Final = 2.0
-
-
-class FacePolicy(StrEnum):
-    """What to crop when a post has more than one face (the post's class labels every crop)."""
-
-    SKIP = "skip"  # crop nothing: outcome several_faces
-    LARGEST_IF_DOMINANT = "largest-if-dominant"  # the largest face when it dominates, else as skip
-    LARGEST = "largest"  # always the largest face
-    ALL = "all"  # every face, all with the post's label (the reviewer relabels or rejects)
 
 
 class CropOutcome(StrEnum):
@@ -127,11 +121,6 @@ class Square:
     x: int
     y: int
     side: int
-
-
-def default_min_face(size: int, margin: float) -> int:
-    """The smallest face box whose crop needs at most 2x upscaling to reach `size`."""
-    return math.ceil(size / (MAX_UPSCALE * (1 + 2 * margin)))
 
 
 def crop_side(box: Detection, margin: float) -> int:

@@ -10,26 +10,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from animexpr.cli_common import console, get_state, require_store
+from animexpr.curate.defaults import CASCADE_ENV, DEFAULT_MARGIN, DEFAULT_SIZE, FacePolicy, default_min_face
 from animexpr.errors import ConfigError
 
 if TYPE_CHECKING:
     from animexpr.curate.crop import CropResult, CropSummary
 
-# The options' defaults and choices, spelled out here because curate.crop loads OpenCV, numpy and SQLAlchemy,
-# which `animexpr --help` must not wait for; tests/test_cli_start.py checks them against curate.crop's.
-DEFAULT_MARGIN = 0.25
-DEFAULT_SIZE = 128
-DEFAULT_MIN_FACE = 43  # curate.crop.default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)
-CASCADE_ENV = "ANIMEXPR_CASCADE"
-
-
-class FacePolicy(StrEnum):
-    """curate.crop.FacePolicy's values."""
-
-    SKIP = "skip"
-    LARGEST_IF_DOMINANT = "largest-if-dominant"
-    LARGEST = "largest"
-    ALL = "all"
+DEFAULT_MIN_FACE = default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)
 
 
 class DetectorName(StrEnum):

@@ -33,6 +33,7 @@ from scipy.sparse.csgraph import connected_components
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from animexpr.curate.defaults import DEFAULT_MAX_DISTANCE
 from animexpr.db.models import Crop, CropState, Post
 from animexpr.db.session import session_scope
 from animexpr.store import CORRUPT_FILE, CorruptFileError, FileStore, UnsafePathError
@@ -44,7 +45,6 @@ HASH_NAME = "dct-sign-64/v1"
 # distance 8 or less was the same drawing (an expression or colour variant), the first pair of different
 # drawings was at 9. Re-encoding moves a hash by at most 2 bits, a 10 % brightness change by 2 (median), a
 # 4 % shift by 8.
-DEFAULT_MAX_DISTANCE = 8
 HASH_SIDE = 32  # the grey image the DCT is taken of
 _LOW = 8  # the 8x8 lowest frequencies
 _BITS = _LOW * _LOW

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from animexpr.config import user_cache_dir
+from animexpr.curate.defaults import CASCADE_ENV
 from animexpr.errors import AnimexprError
 from animexpr.store import atomic_write_bytes
 
@@ -32,7 +33,6 @@ CASCADE_URL: Final = (
     "https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/master/lbpcascade_animeface.xml"
 )
 CASCADE_SHA256: Final = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30"
-CASCADE_ENV: Final = "ANIMEXPR_CASCADE"
 # The cascade's training window: it cannot see a face smaller than this.
 CASCADE_WINDOW_PX: Final = 24
 DETECTORS: Final = ("lbp", "animeface", "whole")

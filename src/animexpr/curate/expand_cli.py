@@ -13,16 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from animexpr.cli_common import console, err_console, get_state
+from animexpr.curate.defaults import DEFAULT_MAX_DISTANCE, DEFAULT_TARGET, DEFAULT_TEST_FRACTION
 from animexpr.errors import AnimexprError
 
 if TYPE_CHECKING:
     from animexpr.curate.snapshot_plan import SnapshotSize
 
-# The options' defaults, spelled out here because the curate modules load OpenCV, numpy, scipy and
-# SQLAlchemy, which `animexpr --help` must not wait for; tests/test_cli_start.py checks them against theirs.
-DEFAULT_TARGET = 11_612  # curate.augment: the paper's 7,306 cleaned faces expanded to 11,612 images
-DEFAULT_MAX_DISTANCE = 8  # curate.dedup
-DEFAULT_TEST_FRACTION = 0.1  # curate.snapshot
 
 snapshot_app = typer.Typer(
     help="Frozen training sets: create, list, show, verify, export.", no_args_is_help=True

@@ -48,6 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
+from animexpr.curate.defaults import BULK_ACCEPT_REVIEWER, CSV_IMPORT_REVIEWER, DEFAULT_LEASE_SECONDS
 from animexpr.db.locking import lock_for_write
 from animexpr.db.models import MAX_ROW_ID, Crop, CropState, Post, Reviewer, ReviewEvent, ReviewLease, utcnow
 from animexpr.errors import AnimexprError, shown
@@ -55,7 +56,6 @@ from animexpr.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_SECONDS = 15 * 60
 MAX_ITEMS_PER_REQUEST = 200
 MAX_EXCLUDED_IDS = 5000
 # Gaps between two decisions longer than this are breaks, not the reviewer's pace.
@@ -66,8 +66,6 @@ PACE_MIN_DECISIONS = 3
 PACE_BATCH_ITEM_SECONDS = 5.0
 # The team's ETA counts the reviewers who decided within this many days: one who stopped long ago is no help.
 TEAM_ACTIVE_DAYS = 7
-BULK_ACCEPT_REVIEWER = "bulk-accept"
-CSV_IMPORT_REVIEWER = "csv-import"
 # The names the command line records its own decisions under: the page and `add-reviewer` cannot take them.
 RESERVED_REVIEWERS = frozenset({BULK_ACCEPT_REVIEWER, CSV_IMPORT_REVIEWER})
 # A whole import is one batch named after the file's content, so a resumed import stays one batch.

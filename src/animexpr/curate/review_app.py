@@ -45,6 +45,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from animexpr.config import Settings
+from animexpr.curate.defaults import DEFAULT_GRID_SIZE
 from animexpr.curate.review import (
     DEFAULT_LEASE_SECONDS,
     STATE_FILTERS,
@@ -74,7 +75,6 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_LOGIN_BYTES = 4096
 MAX_TOKEN_CHARS = 1024
 # The most crops on a grid page: the page shows the whole rows that fit the window, up to this many.
-DEFAULT_GRID_SIZE = 200
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "login.html": "text/html; charset=utf-8",

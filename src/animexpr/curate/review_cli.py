@@ -13,17 +13,17 @@ import typer
 from rich.table import Table
 
 from animexpr.cli_common import console, err_console, get_state
+from animexpr.curate.defaults import (
+    BULK_ACCEPT_REVIEWER,
+    CSV_IMPORT_REVIEWER,
+    DEFAULT_GRID_SIZE,
+    DEFAULT_LEASE_SECONDS,
+    STATE_FILTER_NAMES,
+)
 
 if TYPE_CHECKING:
     from animexpr.curate.review import LeasedCrops
 
-# The options' defaults, spelled out here because curate.review and curate.review_app load SQLAlchemy and
-# starlette, which `animexpr --help` must not wait for; tests/test_cli_start.py checks them against theirs.
-DEFAULT_LEASE_SECONDS = 15 * 60
-DEFAULT_GRID_SIZE = 200
-BULK_ACCEPT_REVIEWER = "bulk-accept"
-CSV_IMPORT_REVIEWER = "csv-import"
-STATE_FILTER_NAMES = ("pending", "accepted", "rejected", "decided", "any")
 
 review_app = typer.Typer(
     help="Review the crops: the keyboard-first page (no subcommand), progress, CSV export and import, "

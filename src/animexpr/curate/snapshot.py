@@ -63,6 +63,7 @@ from animexpr.curate.dedup import (
     related_groups,
     update_duplicates,
 )
+from animexpr.curate.defaults import DEFAULT_TEST_FRACTION
 from animexpr.curate.snapshot_plan import (
     SizedPlan,
     SnapshotError,
@@ -95,7 +96,6 @@ log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.jsonl"
 SNAPSHOTS_DIR = "snapshots"
-DEFAULT_TEST_FRACTION = 0.1
 SPLITS = ("train", "test")
 KINDS = ("original", "augmented")
 COUNT_KEYS = ("train_original", "train_augmented", "test_original", "total")  # per class, as dataset.json has

@@ -54,7 +54,15 @@ from animexpr.model.baselines import (
 from animexpr.model.config import TrainConfig
 from animexpr.model.data import FaceBatches, to_model_input
 from animexpr.model.distributed import DistInfo
-from animexpr.model.train import NonFiniteLossError, _placed, learning_rate, onehot
+from animexpr.model.train import (
+    NonFiniteLossError,
+    _placed,
+    capture_rng,
+    learning_rate,
+    onehot,
+    restore_rng,
+    translate_to_every_class,
+)
 
 D_KEYS = ("D/loss_real", "D/loss_fake")  # means over the two discriminators of the step
 G_KEYS = ("G/loss_fake", "G/loss_rec", "G/loss_idt")  # means over the two directions of the step
@@ -170,19 +178,10 @@ class BaselineTrainer:
         """x (of the classes `source`) translated to every class; without an EMA `use_ema` changes nothing."""
         if source is None:
             raise SourceClassError(f"{self.cfg.variant} needs the source class of the images it translates")
-        source_onehot = onehot(source, self.num_classes)
-        outputs = []
-        for c in range(self.num_classes):
-            target = torch.full((len(x),), c, device=x.device, dtype=torch.long)
-            y, _ = self.G(x, onehot(target, self.num_classes), source_onehot)
-            outputs.append(y)
-        return outputs, None
+        return translate_to_every_class(self.G, x, onehot(source, self.num_classes), self.num_classes)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        rng = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "iteration": self.iteration,
             "g_steps": self.g_steps,
@@ -193,7 +192,7 @@ class BaselineTrainer:
             "opt_D": self.opt_D.state_dict(),
             "pools": {name: pool.state() for name, pool in self.pools.items()},
             "host_rng": self.host_rng.get_state(),
-            "rng": rng,
+            "rng": capture_rng(self.device),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -209,11 +208,7 @@ class BaselineTrainer:
         self.iteration = int(state["iteration"])
         self.g_steps = int(state["g_steps"])
         self._lr_value = None
-        rng = state.get("rng") or {}
-        if "cpu" in rng:
-            torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        restore_rng(state.get("rng") or {}, self.device)
 
     # ------------------------------------------------------------------ one iteration
     def _step(self) -> None:

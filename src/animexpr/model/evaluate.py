@@ -616,6 +616,31 @@ def _check_classes(snapshot: Snapshot, classes: Sequence[str], what: str) -> Non
         )
 
 
+def _cache_root(options: EvalOptions) -> Path:
+    return options.cache_dir or default_cache_dir()
+
+
+def _snapshot_classifier(
+    snapshot: Snapshot,
+    image_size: int,
+    device: torch.device,
+    options: EvalOptions,
+    progress: Progress | None,
+    test_images: tuple[Tensor, Tensor] | None = None,
+) -> TrainedClassifier:
+    """The snapshot's expression classifier at this resolution (trained once, then cached)."""
+    return snapshot_classifier(
+        snapshot,
+        snapshot.manifest_sha256,
+        image_size,
+        device,
+        _cache_root(options) / "classifiers",
+        options.classifier,
+        test_images=test_images,
+        progress=(lambda done, total: progress("classifier", done, total)) if progress else None,
+    )
+
+
 def evaluate_run(
     run: Path,
     checkpoint: Path | None = None,
@@ -643,19 +668,10 @@ def evaluate_run(
         key=_image_name,
     )
     image_size = loaded.config.image_size
-    cache_root = options.cache_dir or default_cache_dir()
     extractor = features or inception_extractor(options, device)  # before the classifier's minutes
     test_images, test_labels = decode_records(snapshot, test_records, image_size)
-
-    classifier = snapshot_classifier(
-        snapshot,
-        snapshot.manifest_sha256,
-        image_size,
-        device,
-        cache_root / "classifiers",
-        options.classifier,
-        test_images=(test_images, test_labels),
-        progress=(lambda done, total: progress("classifier", done, total)) if progress else None,
+    classifier = _snapshot_classifier(
+        snapshot, image_size, device, options, progress, test_images=(test_images, test_labels)
     )
     images_dir = run_dir / EVAL_DIR / loaded.source.stem if options.save_images else None
     accumulators, timing = _translate_all(
@@ -663,7 +679,7 @@ def evaluate_run(
     )
     real_records = reference_records(snapshot, splits)
     tick = time.perf_counter()
-    real = _real_features(snapshot, real_records, image_size, extractor, cache_root / "features")
+    real = _real_features(snapshot, real_records, image_size, extractor, _cache_root(options) / "features")
     timing["real_features_s"] = time.perf_counter() - tick
     scores = score_protocol(accumulators, real, _labels_of(snapshot, real_records), snapshot.classes, options)
     generated = sum(acc.count for acc in accumulators)
@@ -830,22 +846,13 @@ def evaluate_images(
         raise EvaluationError(
             f"snapshot {snapshot.name} has no original images in the {'/'.join(splits)} split"
         )
-    cache_root = options.cache_dir or default_cache_dir()
     extractor = features or inception_extractor(options, device)  # before the classifier's minutes
-    classifier = snapshot_classifier(
-        snapshot,
-        snapshot.manifest_sha256,
-        image_size,
-        device,
-        cache_root / "classifiers",
-        options.classifier,
-        progress=(lambda done, total: progress("classifier", done, total)) if progress else None,
-    )
+    classifier = _snapshot_classifier(snapshot, image_size, device, options, progress)
     accumulators, timing, resized = _score_image_folder(
         files, snapshot.classes, image_size, classifier, extractor, options, progress
     )
     tick = time.perf_counter()
-    real = _real_features(snapshot, real_records, image_size, extractor, cache_root / "features")
+    real = _real_features(snapshot, real_records, image_size, extractor, _cache_root(options) / "features")
     timing["real_features_s"] = time.perf_counter() - tick
     scores = score_protocol(accumulators, real, _labels_of(snapshot, real_records), snapshot.classes, options)
     report: dict[str, Any] = {

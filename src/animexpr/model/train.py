@@ -182,6 +182,39 @@ def onehot(labels: Tensor, num_classes: int) -> Tensor:
     return (labels[:, None] == classes).float()
 
 
+def capture_rng(device: torch.device) -> dict[str, Tensor]:
+    """The torch RNG states a training state holds (CPU, and the device's on CUDA)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng(rng: dict[str, Tensor], device: torch.device) -> None:
+    if "cpu" in rng:
+        torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+@torch.no_grad()
+def translate_to_every_class(
+    generator: Callable[..., tuple[Tensor, Tensor | None]],
+    x: Tensor,
+    source_onehot: Tensor | None,
+    num_classes: int,
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """x translated to each class in turn, and the masks (None for generators without one)."""
+    outputs, masks = [], []
+    for c in range(num_classes):
+        labels = torch.full((len(x),), c, device=x.device, dtype=torch.long)
+        y, m = generator(x, onehot(labels, num_classes), source_onehot)
+        outputs.append(y)
+        if m is not None:
+            masks.append(m)
+    return outputs, (masks or None)
+
+
 def discriminator_loss(
     discriminator: Callable[[Tensor], tuple[Tensor, Tensor]],
     x_real: Tensor,
@@ -460,20 +493,10 @@ class Trainer:
         """x (of classes `source`, if known) translated to every class, and the masks; fp32, no autocast."""
         generator = self.G_ema if use_ema else self.G
         source_onehot = None if source is None else onehot(source, self.num_classes)
-        outputs, masks = [], []
-        for c in range(self.num_classes):
-            labels = torch.full((len(x),), c, device=x.device, dtype=torch.long)
-            y, m = generator(x, onehot(labels, self.num_classes), source_onehot)
-            outputs.append(y)
-            if m is not None:
-                masks.append(m)
-        return outputs, (masks or None)
+        return translate_to_every_class(generator, x, source_onehot, self.num_classes)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        rng = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "iteration": self.iteration,
             "g_steps": self.g_steps,
@@ -483,7 +506,7 @@ class Trainer:
             "G_ema": self.G_ema.state_dict(),
             "opt_G": _portable_optimizer_state(self.opt_G),
             "opt_D": _portable_optimizer_state(self.opt_D),
-            "rng": rng,
+            "rng": capture_rng(self.device),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -498,11 +521,7 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.g_steps = int(state["g_steps"])
         self._lr_value = None
-        rng = state.get("rng") or {}
-        if "cpu" in rng:
-            torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        restore_rng(state.get("rng") or {}, self.device)
 
 
 def _placed(module: ModuleT, device: torch.device, channels_last: bool) -> ModuleT:
@@ -703,20 +722,10 @@ class _RunWriter:
         log.info("checkpoint %s", self.last_state)
 
 
-def _rng_state(trainer: RunTrainer) -> dict[str, Tensor]:
-    rng = {"cpu": torch.get_rng_state()}
-    if trainer.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(trainer.device).cpu()
-    return rng
-
-
 def _restore_rank_rng(state: dict[str, Any], trainer: RunTrainer) -> None:
     by_rank = state.get("rng_by_rank") or []
     if trainer.info.world_size == len(by_rank) and trainer.info.world_size > 1:
-        rng = by_rank[trainer.info.rank]
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and trainer.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], trainer.device)
+        restore_rng(by_rank[trainer.info.rank], trainer.device)
 
 
 def train(
@@ -864,7 +873,7 @@ def _loop(trainer: RunTrainer, writer: _RunWriter | None, progress: ProgressFn |
                 writer.save_samples()
             if at_ckpt or stopping:
                 _check_ranks_agree(trainer)
-                rng = gather_objects(_rng_state(trainer), info)
+                rng = gather_objects(capture_rng(trainer.device), info)
                 if writer is not None:
                     writer.save_checkpoint(rng)
             if progress is not None and info.is_main:
