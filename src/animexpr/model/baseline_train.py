@@ -26,7 +26,6 @@ EMA: the generator file holds the trained weights.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -55,9 +54,9 @@ from animexpr.model.config import TrainConfig
 from animexpr.model.data import FaceBatches, to_model_input
 from animexpr.model.distributed import DistInfo
 from animexpr.model.train import (
-    NonFiniteLossError,
     _placed,
     capture_rng,
+    checked_finite,
     learning_rate,
     onehot,
     restore_rng,
@@ -166,10 +165,7 @@ class BaselineTrainer:
         self.d_sums.zero_()
         self.g_sums.zero_()
         self.count = 0
-        bad = [k for k, v in stats.items() if not math.isfinite(v)]
-        if bad:
-            raise NonFiniteLossError(f"{bad[0]} became {stats[bad[0]]} before iteration {self.iteration}")
-        return stats
+        return checked_finite(stats, self.iteration)
 
     @torch.no_grad()
     def translate(

@@ -182,6 +182,14 @@ def onehot(labels: Tensor, num_classes: int) -> Tensor:
     return (labels[:, None] == classes).float()
 
 
+def checked_finite(stats: dict[str, float], iteration: int) -> dict[str, float]:
+    """`stats` unchanged, or NonFiniteLossError naming the first NaN or inf loss."""
+    bad = [k for k, v in stats.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(f"{bad[0]} became {stats[bad[0]]} before iteration {iteration}")
+    return stats
+
+
 def capture_rng(device: torch.device) -> dict[str, Tensor]:
     """The torch RNG states a training state holds (CPU, and the device's on CUDA)."""
     rng = {"cpu": torch.get_rng_state()}
@@ -481,10 +489,7 @@ class Trainer:
         self.d_sums.zero_()
         self.g_sums.zero_()
         self.d_count = self.g_count = 0
-        bad = [k for k, v in stats.items() if not math.isfinite(v)]
-        if bad:
-            raise NonFiniteLossError(f"{bad[0]} became {stats[bad[0]]} before iteration {self.iteration}")
-        return stats
+        return checked_finite(stats, self.iteration)
 
     @torch.no_grad()
     def translate(
