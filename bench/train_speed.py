@@ -24,6 +24,7 @@ import torch
 
 from animexpr.model.config import VARIANTS, TrainConfig
 from animexpr.model.data import FaceBatches, decode_face
+from animexpr.model.device import resolve_device
 from animexpr.model.train import Trainer, configure_backends
 from animexpr.model.vgg import load_vgg19_features
 
@@ -125,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-critic", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=4, help="n_critic cycles before timing")
     parser.add_argument("--windows", type=int, default=15, help="timed windows of 4 n_critic cycles each")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")
     parser.add_argument(
         "--tiny", action="store_true", help="CPU-sized networks (a smoke test of this script)"
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
+    args.device = str(resolve_device(args.device))
 
     images, labels, source = load_faces(args.image_size)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"

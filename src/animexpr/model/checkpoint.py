@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as safetensors_load
+from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
@@ -80,16 +80,21 @@ def save_generator(path: Path, weights: dict[str, Tensor], metadata: dict[str, s
     atomic_write_bytes(path, safetensors_save(tensors, metadata=metadata))
 
 
+def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors (on the CPU) and the metadata of a safetensors file.
+
+    OSError when it cannot be read, SafetensorError when it is not a safetensors file.
+    """
+    with safe_open(path, framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.offset_keys()}, handle.metadata() or {}
+
+
 def load_generator_file(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
-        data = path.read_bytes()
+        tensors, metadata = read_safetensors(path)
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the generator file ({exc.strerror})") from exc
-    try:
-        tensors = safetensors_load(data)
-        header_size = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__", {})
-    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read the generator file ({exc.strerror or exc})") from exc
+    except Exception as exc:  # SafetensorError and whatever a damaged header raises
         raise unusable(path, "not a safetensors file", exc) from exc
     if "config" not in metadata or "classes" not in metadata:
         raise CheckpointError(f"{path}: safetensors file without animexpr generator metadata")

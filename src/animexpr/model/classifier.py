@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as safetensors_load
+from safetensors import SafetensorError
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from animexpr.errors import AnimexprError
+from animexpr.model.checkpoint import read_safetensors
 from animexpr.model.data import ManifestRecord, Snapshot, decode_records, to_model_input
 from animexpr.store import atomic_write_bytes
 
@@ -264,14 +265,11 @@ def save_classifier(path: Path, trained: TrainedClassifier) -> None:
 
 
 def load_classifier(path: Path, device: torch.device) -> TrainedClassifier:
-    data = path.read_bytes()
     try:
-        tensors = safetensors_load(data)
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        meta = header["__metadata__"]
+        tensors, meta = read_safetensors(path)
         config = ClassifierConfig(**json.loads(meta["config"]))
         classes = tuple(json.loads(meta["classes"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise ClassifierError(f"{path}: not an animexpr classifier ({exc})") from exc
     network = ExpressionClassifier(len(classes), config.width, config.blocks_per_stage, config.dropout)
     network.load_state_dict(tensors)
