@@ -40,9 +40,10 @@ from animexpr.config import Settings, load_settings
 from animexpr.curate.augment import build_recipe, expand
 from animexpr.curate.dedup import eligible_crops, update_duplicates
 from animexpr.curate.snapshot import create_snapshot, verify_snapshot
-from animexpr.db.models import Crop, CropState, Post, PostState
+from animexpr.db.models import Crop, CropState
 from animexpr.db.session import open_db, session_scope
 from animexpr.store import FileStore
+from animexpr.testing.factories import crop_row, post_row
 from animexpr.workers import default_workers
 
 CLASSES = ("calli", "gura", "ina", "kiara")
@@ -81,7 +82,7 @@ def make_home(home: Path, count: int, side: int) -> tuple[Settings, Engine, File
         for md5, label, image in source_images(count, side):
             if md5 not in post_ids:
                 post_ids[md5] = len(post_ids) + 1
-                session.add(Post(id=post_ids[md5], md5=md5, class_name=label, state=PostState.DOWNLOADED))
+                session.add(post_row(post_ids[md5], label, md5=md5))
                 session.flush()
             post_id = post_ids[md5]
             face_index = faces.get(post_id, 0)
@@ -92,26 +93,16 @@ def make_home(home: Path, count: int, side: int) -> tuple[Settings, Engine, File
 
 
 def _crop(post_id: int, face_index: int, sha256: str, relpath: str, label: str, side: int) -> Crop:
-    return Crop(
-        post_id=post_id,
+    return crop_row(
+        post_id,
+        label,
+        face_index=face_index,
+        state=CropState.ACCEPTED,
         sha256=sha256,
         file_relpath=relpath,
         size_px=side,
-        box_x=0,
-        box_y=0,
-        box_w=side,
-        box_h=side,
         crop_x=side * face_index,
-        crop_y=0,
         crop_size=side,
-        detector="bench",
-        detector_settings={},
-        settings_key="bench",
-        detections_count=1,
-        face_index=face_index,
-        faces_policy="all",
-        label=label,
-        state=CropState.ACCEPTED,
     )
 
 

@@ -40,17 +40,8 @@ from animexpr.curate.review import Order, QueueFilter, ReviewQueue
 from animexpr.db.models import Crop, Post, PostState
 from animexpr.db.session import open_db
 from animexpr.store import FileStore
+from animexpr.testing.factories import CHROMIUM, CHROMIUM_FLAGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 GOAL_P95_MS = 20.0
 INSERT_CHUNK = 10_000
 

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from animexpr.config import Settings
 from animexpr.db.models import Augmentation, Crop, CropState, Post, PostState, Snapshot
 from animexpr.db.session import session_scope
+from animexpr.testing.factories import crop_row
 
 
 def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -90,12 +91,7 @@ def _fill(engine: Engine) -> None:
 
 
 def _crop(post_id: int, face_index: int, label: str, state: CropState) -> Crop:
-    return Crop(
-        post_id=post_id, sha256=f"{post_id}{face_index}".ljust(64, "0"), file_relpath="crops/x.png",
-        size_px=128, box_x=0, box_y=0, box_w=10, box_h=10, crop_x=0, crop_y=0, crop_size=10,
-        detector="lbp", detector_settings={}, settings_key="k", detections_count=1, face_index=face_index,
-        faces_policy="single", label=label, state=state,
-    )  # fmt: skip
+    return crop_row(post_id, label, face_index=face_index, state=state)
 
 
 def test_status_json_on_a_filled_store(settings: Settings, engine: Engine) -> None:

@@ -20,9 +20,10 @@ from sqlalchemy import Engine, select
 
 from animexpr.config import Settings, load_settings
 from animexpr.curate.dedup import hamming, hash_png, mirrored_hash
-from animexpr.db.models import Crop, CropState, Post, PostState
+from animexpr.db.models import Crop, CropState, Post
 from animexpr.db.session import session_scope
 from animexpr.store import FileStore
+from animexpr.testing import factories
 
 CLASSES = ("calli", "gura", "ina", "kiara")
 CROP_SIDE = 128  # small crops keep the tests fast; the code does not care about the size
@@ -157,13 +158,11 @@ def add_post(engine: Engine, post_id: int, md5: str, label: str) -> None:
 
 
 def _post(post_id: int, face: Face) -> Post:
-    return Post(
-        id=post_id,
+    return factories.post_row(
+        post_id,
+        face.label,
         md5=face.md5,
         file_ext="png",
-        tags=face.label,
-        class_name=face.label,
-        state=PostState.DOWNLOADED,
         file_relpath=f"originals/{face.md5[:2]}/{face.md5}.png",
     )
 
@@ -171,27 +170,17 @@ def _post(post_id: int, face: Face) -> Post:
 def crop_row(
     post_id: int, face_index: int, sha256: str, relpath: str, label: str, state: str, crop_size: int
 ) -> Crop:
-    return Crop(
-        post_id=post_id,
+    return factories.crop_row(
+        post_id,
+        label,
+        face_index=face_index,
+        state=state,
         sha256=sha256,
         file_relpath=relpath,
         size_px=CROP_SIDE,
-        box_x=10,
-        box_y=10,
-        box_w=crop_size // 2,
-        box_h=crop_size // 2,
         crop_x=100 * face_index,
-        crop_y=0,
         crop_size=crop_size,
-        detector="test",
-        detector_settings={},
-        settings_key="test",
-        detections_count=1,
-        face_index=face_index,
-        faces_policy="all",
-        detection_score=None,
-        label=label,
-        state=state,
+        box=(10, 10, crop_size // 2, crop_size // 2),
     )
 
 

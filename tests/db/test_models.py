@@ -8,23 +8,14 @@ from sqlalchemy.exc import IntegrityError
 
 from animexpr.db.models import Crop, CropState, Post, PostState, ReviewEvent
 from animexpr.db.session import open_db, session_scope
+from animexpr.testing.factories import crop_row
 
 
 def _crop(post_id: int, face_index: int = 0) -> Crop:
-    return Crop(
-        post_id=post_id,
-        sha256="ab" * 32,
-        file_relpath="crops/ab/abab.png",
-        size_px=128,
-        box_x=10, box_y=12, box_w=50, box_h=50,
-        crop_x=0, crop_y=0, crop_size=90,
-        detector="lbp",
-        detector_settings={"scale_factor": 1.1, "min_neighbors": 5},
-        settings_key="k1",
-        detections_count=1,
-        face_index=face_index,
-        faces_policy="single",
-        label="smile",
+    return crop_row(
+        post_id, "smile", face_index=face_index, sha256="ab" * 32, file_relpath="crops/ab/abab.png",
+        box=(10, 12, 50, 50), crop_size=90, detector="lbp",
+        detector_settings={"scale_factor": 1.1, "min_neighbors": 5}, settings_key="k1", faces_policy="single",
     )  # fmt: skip
 
 

@@ -20,20 +20,12 @@ from PIL import Image, ImageDraw
 from sqlalchemy import Engine
 
 from animexpr.curate.review_app import bind_socket
-from animexpr.db.models import Crop, Post, PostState
 from animexpr.db.session import session_scope
 from animexpr.store import FileStore
+from animexpr.testing.factories import CHROMIUM, CHROMIUM_FLAGS, crop_row, post_row
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
+__all__ = ["CHROMIUM", "CHROMIUM_FLAGS"]  # the browser tests take them from here
+
 SOURCE_SIZE = (640, 480)
 CROP_PX = 128
 
@@ -114,16 +106,15 @@ def seed_crops(
                 )
                 stored_crop = store.put_bytes("crops", crop_png, "png")
                 session.add(
-                    Post(
-                        id=post_id,
+                    post_row(
+                        post_id,
+                        label,
                         md5=md5,
                         file_ext="jpg",
                         width=SOURCE_SIZE[0],
                         height=SOURCE_SIZE[1],
                         tags=f"{label} solo",
                         rating="g",
-                        class_name=label,
-                        state=PostState.DOWNLOADED,
                         file_relpath=stored_original.relpath if stored_original else None,
                         file_sha256=stored_original.sha256 if stored_original else None,
                     )
@@ -131,26 +122,19 @@ def seed_crops(
                 session.flush()  # no relationship orders the inserts: the post must exist before its crop
                 inset = crop_size // 6
                 score = None if face_index % 7 == 3 else round(rng.random(), 4)
-                crop = Crop(
-                    post_id=post_id,
+                crop = crop_row(
+                    post_id,
+                    label,
                     sha256=stored_crop.sha256,
                     file_relpath=stored_crop.relpath,
                     size_px=CROP_PX,
-                    box_x=crop_x + inset,
-                    box_y=crop_y + inset,
-                    box_w=crop_size - 2 * inset,
-                    box_h=crop_size - 2 * inset,
                     crop_x=crop_x,
                     crop_y=crop_y,
                     crop_size=crop_size,
-                    detector="lbpcascade",
-                    detector_settings={"scale_factor": 1.1, "min_neighbors": 5},
-                    settings_key="test",
-                    detections_count=1,
-                    face_index=0,
+                    box=(crop_x + inset, crop_y + inset, crop_size - 2 * inset, crop_size - 2 * inset),
+                    detector="lbp",
                     faces_policy="largest",
                     detection_score=score,
-                    label=label,
                 )
                 session.add(crop)
                 session.flush()
