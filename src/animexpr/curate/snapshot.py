@@ -785,7 +785,18 @@ def verify_snapshot(
         report.problems += _record_problems(engine, folder, dataset, identity)
     if unsafe is not None:
         return report  # a path outside the snapshot's shape is never opened
-    root = folder / str(dataset.get("files_root", "."))
+    _check_files(report, folder / str(dataset.get("files_root", ".")), items, workers, progress)
+    return report
+
+
+def _check_files(
+    report: VerifyReport,
+    root: Path,
+    items: list[ManifestItem],
+    workers: int,
+    progress: ProgressCallback | None,
+) -> None:
+    """Hash every listed file under `root`; record the missing and the modified in `report`."""
     report.files = len(items)
 
     def check(item: ManifestItem) -> tuple[ManifestItem, str | None]:
@@ -803,7 +814,6 @@ def verify_snapshot(
                 report.modified.append(item.file)
             if progress is not None:
                 progress(done, len(items))
-    return report
 
 
 def _record_problems(engine: Engine, folder: Path, dataset: dict[str, Any], identity: str) -> list[str]:

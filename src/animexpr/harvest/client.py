@@ -428,29 +428,28 @@ class DanbooruClient:
         except requests.TooManyRedirects:
             raise DownloadRefused("too many redirects") from None
         with response:
-            _raise_for_file_status(response.status_code)
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                raise FileTooLarge(f"{int(declared)} bytes > limit {max_bytes}")
-            body = bytearray()
-            try:
-                for chunk in response.iter_content(_CHUNK):
-                    if stop is not None and stop.is_set():
-                        raise Stopped
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise FileTooLarge(f"more than {max_bytes} bytes")
-            except (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                raise DownloadError(
-                    f"broken transfer ({type(exc).__name__}) after {len(body)} bytes"
-                ) from None
-            if declared is not None and declared.isdigit() and len(body) != int(declared):
-                raise DownloadError(f"truncated body: {len(body)} of {declared} bytes")
-        return bytes(body)
+            return _read_body(response, max_bytes, stop)
+
+
+def _read_body(response: requests.Response, max_bytes: int, stop: threading.Event | None) -> bytes:
+    """The whole body of a file response: FileTooLarge past `max_bytes`, DownloadError when cut short."""
+    _raise_for_file_status(response.status_code)
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise FileTooLarge(f"{int(declared)} bytes > limit {max_bytes}")
+    body = bytearray()
+    try:
+        for chunk in response.iter_content(_CHUNK):
+            if stop is not None and stop.is_set():
+                raise Stopped
+            body += chunk
+            if len(body) > max_bytes:
+                raise FileTooLarge(f"more than {max_bytes} bytes")
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        raise DownloadError(f"broken transfer ({type(exc).__name__}) after {len(body)} bytes") from None
+    if declared is not None and declared.isdigit() and len(body) != int(declared):
+        raise DownloadError(f"truncated body: {len(body)} of {declared} bytes")
+    return bytes(body)
 
 
 def _raise_for_file_status(status: int) -> None:
