@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
 import typer
 
@@ -76,7 +76,7 @@ def demo(
         classes = get_settings(ctx).class_names if real_faces else EXPRESSIONS
         with serve_fake_danbooru(per_class=sizes.per_class, class_tags=classes, faces_dir=faces_dir) as url:
             console.print(f"[bold]local Danbooru-compatible server[/] at {url}")
-            step = _Stepper(home, None if real_faces else classes)
+            step = _Stepper(ctx.find_root().command, home, None if real_faces else classes)
             _build_dataset(step, home, url, sizes)
             snapshot = _rendered_snapshot(home)
             run = _train_and_show(step, home, snapshot, sizes, evaluate)
@@ -260,10 +260,21 @@ def _inception_available() -> bool:
     return True
 
 
-class _Stepper:
-    """Runs one real `animexpr` command in this process and shows it as the user would type it."""
+class _Command(Protocol):
+    """A click command, as `ctx.find_root().command` gives it."""
 
-    def __init__(self, home: Path, classes: Sequence[str] | None) -> None:
+    def main(self, args: list[str], *, standalone_mode: bool) -> Any: ...
+
+
+class _Stepper:
+    """Runs one real `animexpr` command in this process and shows it as the user would type it.
+
+    `root` is the `animexpr` command itself, taken from the demo's context (so this module never imports
+    the CLI module that registers it).
+    """
+
+    def __init__(self, root: _Command, home: Path, classes: Sequence[str] | None) -> None:
+        self.root = root
         self.home = home
         # Drawn faces come in the renderer's expressions, whatever classes the user's settings name.
         self.global_options = ["--home", str(home)]
@@ -271,12 +282,10 @@ class _Stepper:
             self.global_options += ["--classes", ",".join(classes)]
 
     def run(self, *args: str) -> None:
-        from animexpr.cli import app  # the root app, imported late: it imports this module
-
         shown = " ".join(_shorten(arg) for arg in [*self.global_options, *args])
         console.rule(f"[bold]$ animexpr {shown}", align="left")
         started = time.monotonic()
-        result = app(args=[*self.global_options, *args], standalone_mode=False)
+        result = self.root.main(args=[*self.global_options, *args], standalone_mode=False)
         if isinstance(result, int) and result != 0:
             raise AnimexprError(f"demo step `{args[0]}` failed with status {result}")
         console.print(f"[dim]({time.monotonic() - started:.1f} s)[/]")
