@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +74,27 @@ def _create_temporary(folder: Path) -> tuple[int, str]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` never exists half-written."""
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_chunks(
+    path: Path, chunks: Iterable[bytes], verify: Callable[[], None] | None = None
+) -> None:
+    """Write `chunks` to `path` so that `path` never exists half-written.
+
+    They go to a temporary file in the same folder, fsynced and renamed into place; `verify` runs after the
+    last chunk, before the rename: whatever it raises (like any error from `chunks`) leaves nothing behind.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = _create_temporary(path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+        if verify is not None:
+            verify()
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

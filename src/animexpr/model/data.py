@@ -32,7 +32,7 @@ from animexpr.snapshot_format import (
     class_mismatch_message,
     file_path_problem,
 )
-from animexpr.store import sha256_bytes
+from animexpr.store import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def write_folder_snapshot(
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, out / relative)
             split = "test" if i < test_per_class else "train"
-            sha = sha256_bytes(source.read_bytes())
+            sha = sha256_file(source)
             record = {
                 "file": relative,
                 "sha256": sha,
