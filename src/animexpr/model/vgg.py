@@ -2,23 +2,26 @@
 
 The layer indices match torchvision's `vgg19().features`, so its state dict (`vgg19-dcbb9e9d.pth`) loads
 as it is.
-Weights are found, in order: an explicit file, $ANIMEXPR_VGG19, the user cache, torch hub's cache, then (only
-when asked) a download of the pinned URL, accepted only if its sha256 matches.
+Weights are found, in order: an explicit file, $ANIMEXPR_VGG19, the user cache ($ANIMEXPR_CACHE, else
+$XDG_CACHE_HOME/animexpr or ~/.cache/animexpr), torch hub's checkpoints folder (where torchvision keeps
+its own copy), then (when asked: `train` asks unless --no-vgg-download) a download of the pinned URL into
+the user cache, kept only if its sha256 matches.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from animexpr.config import user_cache_dir, xdg_cache_home
+from animexpr.downloads import DownloadError, PinnedFile, fetch_pinned
 from animexpr.errors import AnimexprError
-from animexpr.store import atomic_write_bytes, sha256_file
+from animexpr.store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,15 @@ VGG19_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
 VGG19_SHA256 = "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44"
 VGG19_SIZE = 574_673_361
+VGG19_ENV_VARIABLE = "ANIMEXPR_VGG19"
+VGG19_DOWNLOAD = PinnedFile(
+    what="the ImageNet VGG19 weights of the contextual loss",
+    urls=(VGG19_URL,),
+    sha256=VGG19_SHA256,
+    cache_name=VGG19_FILE,
+    size=VGG19_SIZE,
+    instead=f"pass --vgg-weights PATH or set {VGG19_ENV_VARIABLE}=PATH",
+)
 
 # torchvision's configuration "E"; "M" is a 2x2 max pool.
 _VGG19_LAYOUT: tuple[int | str, ...] = (
@@ -89,10 +101,14 @@ class VGG19Features(nn.Module):
         self.load_state_dict({k: wanted[k] for k in own})
 
 
-def default_cache_dirs() -> list[Path]:
-    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    torch_home = Path(os.environ.get("TORCH_HOME", xdg / "torch"))
-    return [xdg / "animexpr", torch_home / "hub" / "checkpoints"]
+def default_cache_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where the weights are looked for: the user cache (downloads go there), then torch hub's checkpoints."""
+    env = os.environ if environ is None else environ
+    # torch's own rule, except that an empty variable counts as unset (torch would make the path relative)
+    torch_home = (
+        Path(env["TORCH_HOME"]).expanduser() if env.get("TORCH_HOME") else xdg_cache_home(env) / "torch"
+    )
+    return [user_cache_dir(env), torch_home / "hub" / "checkpoints"]
 
 
 def resolve_vgg19_weights(explicit: str | Path | None = None, download: bool = False) -> Path:
@@ -102,35 +118,23 @@ def resolve_vgg19_weights(explicit: str | Path | None = None, download: bool = F
         if not path.is_file():
             raise WeightsMissingError(f"VGG19 weights file not found: {path}")
         return path
-    if os.environ.get("ANIMEXPR_VGG19"):
-        return resolve_vgg19_weights(os.environ["ANIMEXPR_VGG19"])
-    for folder in default_cache_dirs():
+    if os.environ.get(VGG19_ENV_VARIABLE):
+        return resolve_vgg19_weights(os.environ[VGG19_ENV_VARIABLE])
+    folders = default_cache_dirs()
+    for folder in folders:
         if (folder / VGG19_FILE).is_file():
             return folder / VGG19_FILE
     if not download:
         raise WeightsMissingError(
             "the contextual loss needs ImageNet VGG19 weights: pass --vgg-weights PATH to torchvision's "
-            f"{VGG19_FILE}, set ANIMEXPR_VGG19, put it in {default_cache_dirs()[0]}, or pass --vgg-download "
-            f"to fetch {VGG19_URL} (checked by sha256). --vgg-random trains with random weights (tests only)."
+            f"{VGG19_FILE}, set {VGG19_ENV_VARIABLE}, or put it in {folders[0]}; train fetches {VGG19_URL} "
+            "there (checked by sha256) unless --no-vgg-download is given. --vgg-random trains with random "
+            "weights (tests only)."
         )
-    return download_vgg19(default_cache_dirs()[0] / VGG19_FILE)
-
-
-def download_vgg19(target: Path) -> Path:
-    """Download the pinned file, check its sha256 and only then put it in place."""
-    log.info("downloading %s (%.0f MB)", VGG19_URL, VGG19_SIZE / 1e6)
-    digest = hashlib.sha256()
-    chunks = []
-    with urllib.request.urlopen(VGG19_URL, timeout=60) as response:  # a fixed https URL
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-            chunks.append(chunk)
-    if digest.hexdigest() != VGG19_SHA256:
-        raise WeightsMissingError(
-            f"downloaded {VGG19_URL} but its sha256 is {digest.hexdigest()}, not the pinned one"
-        )
-    atomic_write_bytes(target, b"".join(chunks))
-    return target
+    try:
+        return fetch_pinned(VGG19_DOWNLOAD, folders[0] / VGG19_FILE)
+    except DownloadError as exc:
+        raise WeightsMissingError(str(exc)) from exc
 
 
 def load_vgg19_features(
