@@ -1,4 +1,7 @@
-"""The detectors: the cascade as bare OpenCV uses it, where the cascade file comes from, animeface's guard."""
+"""The detectors: the cascade as bare OpenCV uses it, where the cascade file comes from.
+
+animeface and the combined detector: test_animeface.py and test_detect_merge.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import cv2
 import numpy as np
 import pytest
 
-from animexpr.curate import detect
 from animexpr.curate.crop import CropSettings, PostCropper, make_detector_spec
 from animexpr.curate.detect import (
     CASCADE_ENV,
@@ -20,7 +22,6 @@ from animexpr.curate.detect import (
     CASCADE_URL,
     Detection,
     DetectorError,
-    check_animeface_usable,
     load_cascade,
     resolve_cascade,
     user_cache_dir,
@@ -197,49 +198,6 @@ def test_unknown_detector_and_too_small_min_size() -> None:
         make_detector_spec("yolo")
     with pytest.raises(DetectorError, match="under 24 px"):
         make_detector_spec("lbp", min_size=12)
-
-
-def test_animeface_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    versions = {"pillow": "11.3.0", "animeface": None}
-    monkeypatch.setattr(detect, "_package_version", versions.get)
-    with pytest.raises(DetectorError, match=r"pip install 'animeface==2\.0\.3'"):
-        check_animeface_usable()
-
-
-def test_animeface_with_pillow_12_or_newer_is_refused_not_silently_empty(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for pillow in ("12.0.0", "13.0.0"):
-        versions = {"pillow": pillow, "animeface": "2.0.3"}
-        monkeypatch.setattr(detect, "_package_version", versions.get)
-        with pytest.raises(DetectorError, match=f"no face at all with Pillow {pillow}"):
-            check_animeface_usable()
-    monkeypatch.setattr(detect, "_package_version", {"pillow": "11.3.0", "animeface": "2.0.3"}.get)
-    check_animeface_usable()  # the combination that works
-
-
-def test_choosing_animeface_where_it_cannot_work_fails_before_any_work() -> None:
-    try:
-        check_animeface_usable()
-    except DetectorError as exc:
-        expected = str(exc)
-    else:
-        pytest.skip("animeface works in this environment (pillow<12)")
-    with pytest.raises(DetectorError) as caught:
-        make_detector_spec("animeface")
-    assert str(caught.value) == expected
-
-
-def test_animeface_finds_faces_where_it_works(assets_dir: Path, tmp_path: Path) -> None:
-    try:
-        check_animeface_usable()
-    except DetectorError as exc:
-        pytest.skip(f"animeface cannot run here: {exc}")
-    spec = make_detector_spec("animeface")
-    cropper = PostCropper(CropSettings(detector=spec), FileStore(tmp_path))
-    found = cropper.detect(decode_image(assets_dir / "illustration-grid.jpg").rgb)
-    assert len(found) >= 25  # 36 illustrations
-    assert all(d.score is not None and d.score >= 0.2 for d in found)
 
 
 def test_crop_faces_cuts_every_face_of_an_illustration_like_the_crop_stage(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,8 @@ from sqlalchemy import Engine, func, select
 
 from animexpr.config import Settings
 from animexpr.curate import crop as crop_module
+from animexpr.curate.animeface import AnimeFaceUnavailable
+from animexpr.curate.animeface import load_library as load_animeface_library
 from animexpr.curate.crop import (
     CropResult,
     CropSettings,
@@ -29,7 +32,7 @@ from animexpr.curate.crop import (
     crop_square,
     make_detector_spec,
 )
-from animexpr.curate.detect import Detection, DetectorSpec
+from animexpr.curate.detect import ANIMEFACE_FRAME_SCALE, Detection, DetectorSpec, choose_detector
 from animexpr.db.models import Crop, CropAttempt, Post, PostState
 from animexpr.db.session import open_db, session_scope
 from animexpr.images import MISSING_FILE, DecodedImage, decode_image
@@ -388,7 +391,7 @@ def test_crop_command_prints_a_summary_and_errors_in_one_line(
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "COLUMNS": "200"}
     base = [sys.executable, "-m", "animexpr", "--home", str(home), "crop"]
     result = subprocess.run(
-        [*base, "--cascade", str(cascade), "--workers", "2"],
+        [*base, "--cascade", str(cascade), "--workers", "2", "--detector", "lbp"],
         capture_output=True,
         text=True,
         env=env,
@@ -399,12 +402,31 @@ def test_crop_command_prints_a_summary_and_errors_in_one_line(
     assert f"cropped {len(posts) - 1} of {len(posts)} posts" in result.stdout
     assert "3 crops from 3 posts" in result.stdout
     assert "several_faces 2" in result.stdout
+    assert "detector lbp (chosen with --detector)" in result.stdout
     missing = subprocess.run(
         [*base, "--cascade", str(home / "nope.xml")], capture_output=True, text=True, env=env, check=False
     )
     assert missing.returncode == 1
     assert "no cascade file at" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_crop_json_gives_the_summary_figures_and_the_default_detector(
+    home: Path, engine: Engine, store: FileStore, posts: list[PostFile], cascade: Path
+) -> None:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "ANIMEXPR_CASCADE": str(cascade)}
+    command = [sys.executable, "-m", "animexpr", "--home", str(home), "crop", "--json", "--workers", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)  # one JSON object, nothing else on stdout
+    expected = choose_detector(None)
+    assert (figures["detector"], figures["detector_reason"]) == (expected.name, expected.reason)
+    assert figures["total"] == len(posts)
+    assert figures["done"] == len(posts) - 1  # the missing file is retried, not recorded
+    assert figures["outcomes"]["greyscale"] == 1
+    assert figures["crops"] >= figures["cropped_posts"] >= 3
+    assert figures["interrupted"] is False
+    assert set(figures) >= {"settings_key", "elapsed_s", "posts_per_s"}
 
 
 def drawn_picture(seed: int, width: int, height: int) -> bytes:
@@ -432,6 +454,69 @@ def test_whole_detector_crops_face_collections_without_a_cascade(engine: Engine,
         assert crop.detection_score is None
         assert decode_image(store.abspath(crop.file_relpath)).rgb.shape == (128, 128, 3)
     assert crop_posts(engine, store, settings, workers=2).total == 0
+
+
+def png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def combined(cascade: Path) -> DetectorSpec:
+    try:
+        load_animeface_library()
+    except AnimeFaceUnavailable as exc:
+        pytest.skip(f"animeface is not installed here ({exc})")
+    return make_detector_spec("lbp+animeface", cascade=cascade, download=False)
+
+
+def test_combined_detector_records_who_found_each_face_and_both_scores(
+    grid: np.ndarray, combined: DetectorSpec, detector: DetectorSpec, engine: Engine, store: FileStore
+) -> None:
+    add_posts(
+        engine,
+        store,
+        [
+            PostFile(1, png(grid_cell(grid, 0, 1)), "png", "smile", "cropped"),  # both detectors
+            PostFile(2, png(grid_cell(grid, 1, 2)), "png", "sad", "cropped"),  # only the cascade
+            PostFile(3, png(grid_cell(grid, 3, 1)), "png", "angry", "cropped"),  # only animeface
+            # One face both found and two only animeface found (88, 96, 96 px): none dominates.
+            PostFile(4, png(grid_cell(grid, 2, 1)), "png", "smile", "several_faces"),
+        ],
+    )
+    settings = CropSettings(detector=combined)
+    summary = crop_posts(engine, store, settings, workers=1)
+    assert summary.crops == 3
+    assert attempts(engine)[4].outcome == "several_faces"
+    assert attempts(engine)[4].faces_found == 3
+    made = {c.post_id: c for c in crops(engine)}
+    assert {post: c.detector for post, c in made.items()} == {1: "lbp+animeface", 2: "lbp", 3: "animeface"}
+    assert set(made[1].detector_scores or {}) == {"lbp", "animeface"}
+    assert set(made[2].detector_scores or {}) == {"lbp"}
+    assert set(made[3].detector_scores or {}) == {"animeface"}
+    likelihood = (made[1].detector_scores or {})["animeface"]
+    assert made[1].detection_score == pytest.approx(1 + likelihood)
+    assert made[2].detection_score == 0.0
+    assert made[3].detection_score == (made[3].detector_scores or {})["animeface"]
+    assert made[1].detector_settings["detector"] == "lbp+animeface"
+    # animeface's tighter box is framed like the cascade's before the margin.
+    only_animeface = made[3]
+    assert only_animeface.crop_size == round(only_animeface.box_w * ANIMEFACE_FRAME_SCALE * 1.5)
+    # Another detector is another settings key: its run crops every post again.
+    assert CropSettings(detector=detector).settings_key != settings.settings_key
+    assert crop_posts(engine, store, settings, workers=1).total == 0
+    assert crop_posts(engine, store, CropSettings(detector=detector), workers=1).total == 4
+
+
+def test_lbp_crops_record_their_score_by_detector(
+    grid: np.ndarray, detector: DetectorSpec, engine: Engine, store: FileStore
+) -> None:
+    add_posts(engine, store, [PostFile(1, png(grid_cell(grid, 0, 1)), "png", "smile", "cropped")])
+    crop_posts(engine, store, CropSettings(detector=detector), workers=1)
+    (made,) = crops(engine)
+    assert made.detector == "lbp"
+    assert made.detector_scores == {"lbp": made.detection_score}
 
 
 def test_an_unexpected_error_on_one_post_is_counted_not_recorded_and_retried(

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import itertools
 import json
 import logging
 import math
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -50,12 +51,15 @@ from animexpr.curate.defaults import (
 )
 from animexpr.curate.detect import (
     CASCADE_WINDOW_PX,
+    COMBINED,
     DETECTORS,
+    LBP,
     Detection,
     DetectorError,
     DetectorSpec,
     FaceDetector,
     build_detector,
+    choose_detector,
     resolve_cascade,
 )
 from animexpr.db.models import Crop, CropAttempt, CropState, Post, PostState
@@ -63,7 +67,7 @@ from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
 from animexpr.images import DEFAULT_MAX_PIXELS, MISSING_FILE, ImageDecodeError, decode_image, encode_png
 from animexpr.store import CORRUPT_FILE as STORE_CORRUPT_FILE
-from animexpr.store import CorruptFileError, FileStore, UnsafePathError
+from animexpr.store import CorruptFileError, FileStore, StoredFile, UnsafePathError
 from animexpr.workers import default_workers, pool_context
 
 log = logging.getLogger(__name__)
@@ -124,7 +128,8 @@ class Square:
 
 
 def crop_side(box: Detection, margin: float) -> int:
-    return max(1, round(box.side * (1 + 2 * margin)))
+    """The crop's side: the box, framed as the cascade frames faces, plus `margin` of it on each side."""
+    return max(1, round(box.side * box.frame_scale * (1 + 2 * margin)))
 
 
 def place_span(centre: float, side: int, extent: int) -> int:
@@ -183,7 +188,7 @@ def map_box_back(box: Detection, scale: float, width: int, height: int) -> Detec
     x, y = round(box.x / scale), round(box.y / scale)
     w, h = round(box.w / scale), round(box.h / scale)
     x, y = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
-    return Detection(x, y, min(w, width - x), min(h, height - y), box.score)
+    return replace(box, x=x, y=y, w=min(w, width - x), h=min(h, height - y))
 
 
 def choose_faces(
@@ -276,14 +281,15 @@ def make_detector_spec(
     """
     if detector not in DETECTORS:
         raise DetectorError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
-    if min_size < CASCADE_WINDOW_PX and detector == "lbp":
+    uses_cascade = detector in (LBP, COMBINED)
+    if min_size < CASCADE_WINDOW_PX and uses_cascade:
         raise DetectorError(
             f"--min-size {min_size}: the cascade cannot see faces under {CASCADE_WINDOW_PX} px"
         )
     spec = DetectorSpec(
         name=detector, scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size
     )
-    if detector == "lbp":
+    if uses_cascade:
         resolved = resolve_cascade(cascade, download=download)  # the others need no file
         spec = DetectorSpec(
             name=detector,
@@ -352,7 +358,7 @@ class PostCropper:
             return CropResult(job.post_id, None, CropOutcome.NO_LABEL, "the post has no class")
         started = time.perf_counter()
         try:
-            data = self._read_original(job)
+            data = read_original(self.store, job.relpath, job.file_sha256)
         except (CorruptFileError, UnsafePathError) as exc:
             return CropResult(job.post_id, job.label, CropOutcome.CORRUPT_FILE, str(exc))
         except OSError as exc:
@@ -391,27 +397,36 @@ class PostCropper:
             job.post_id, job.label, CropOutcome.CROPPED, note, len(faces), crops, detect_s, read_s
         )
 
-    def _read_original(self, job: CropJob) -> bytes:
-        """The original's bytes, checked against the sha256 recorded at harvest when there is one."""
-        if job.file_sha256 is None:
-            return self.store.abspath(job.relpath).read_bytes()
-        try:
-            return self.store.read_verified(job.relpath, job.file_sha256)
-        except CorruptFileError as exc:
-            if exc.problem == "missing":
-                raise FileNotFoundError(exc.problem) from None  # retried: the store may get it back
-            raise
-
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return detect_faces(self.detector, self.settings, rgb)
 
     def _store_crop(self, rgb: np.ndarray, face_index: int, face: Detection) -> FaceCrop:
         square, pixels = cut_face(rgb, face, self.settings)
-        try:
-            stored = self.store.put_bytes("crops", encode_png(pixels), "png")
-        except OSError as exc:
-            raise CropStoreError(f"cannot write crops into {self.store.home / 'crops'}: {exc}") from exc
+        stored = store_crop_png(self.store, pixels)
         return FaceCrop(face_index, face, square, stored.sha256, stored.relpath)
+
+
+def read_original(store: FileStore, relpath: str, sha256: str | None) -> bytes:
+    """A post's original, checked against the sha256 recorded at harvest when there is one.
+
+    FileNotFoundError when it is missing (a later run may find it back), CorruptFileError when it changed.
+    """
+    if sha256 is None:
+        return store.abspath(relpath).read_bytes()
+    try:
+        return store.read_verified(relpath, sha256)
+    except CorruptFileError as exc:
+        if exc.problem == "missing":
+            raise FileNotFoundError(exc.problem) from None
+        raise
+
+
+def store_crop_png(store: FileStore, pixels: np.ndarray) -> StoredFile:
+    """Store a crop's pixels as PNG in the crops area; CropStoreError (the run stops) when it cannot."""
+    try:
+        return store.put_bytes("crops", encode_png(pixels), "png")
+    except OSError as exc:
+        raise CropStoreError(f"cannot write crops into {store.home / 'crops'}: {exc}") from exc
 
 
 def detect_faces(detector: FaceDetector, settings: CropSettings, rgb: np.ndarray) -> list[Detection]:
@@ -436,10 +451,11 @@ def cut_face(rgb: np.ndarray, face: Detection, settings: CropSettings) -> tuple[
 def crop_faces(rgb: np.ndarray, settings: CropSettings | None = None) -> list[np.ndarray]:
     """Every face of one picture (large enough), cut as the crop stage cuts them; for `animexpr transform`.
 
-    The default detector is the LBP cascade, found as `crop` finds it (ANIMEXPR_CASCADE, cache, download).
+    The default detector is `crop`'s (`choose_detector`), its cascade found as `crop` finds it.
     """
     if settings is None:
-        settings = CropSettings(detector=make_detector_spec("lbp"), faces=FacePolicy.ALL)
+        detector = make_detector_spec(choose_detector(None).name)
+        settings = CropSettings(detector=detector, faces=FacePolicy.ALL)
     faces = detect_faces(build_detector(settings.detector), settings, rgb)
     chosen = choose_faces(faces, settings.faces, settings.dominance)
     return [
@@ -483,21 +499,13 @@ def _iter_results_pooled(
     queue = iter(jobs)
     started = yielded = False
     try:
-        for job in queue:
+        for job in itertools.islice(queue, workers):
             pending.add(pool.submit(_crop_in_worker, job))
-            if len(pending) >= workers:
-                break
         on_started()
         started = True
-        while pending:
-            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for _ in done:
-                next_job = next(queue, None)
-                if next_job is not None:
-                    pending.add(pool.submit(_crop_in_worker, next_job))
-            for future in done:
-                yield future.result()
-                yielded = True
+        for result in _as_completed_refilled(pool, queue, pending):
+            yield result
+            yielded = True
     except GeneratorExit:
         raise  # the caller stopped reading: nothing more to hand over
     except BrokenProcessPool as exc:
@@ -515,12 +523,29 @@ def _iter_results_pooled(
     except BaseException:
         # Interrupted (or a worker failed): keep what the workers already finished, drop the rest.
         pool.shutdown(wait=True, cancel_futures=True)
-        for future in pending:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                yield future.result()
+        yield from (future.result() for future in pending if _finished_well(future))
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _as_completed_refilled(
+    pool: cf.ProcessPoolExecutor, queue: Iterator[CropJob], pending: set[cf.Future[CropResult]]
+) -> Generator[CropResult, None, None]:
+    """Results as they complete; each finished job's worker gets the next job before its result is handed
+    over. `pending` is kept up to date in place, so that the caller can still collect finished jobs."""
+    while pending:
+        done, still_running = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        pending.clear()
+        pending.update(still_running)
+        for next_job in itertools.islice(queue, len(done)):
+            pending.add(pool.submit(_crop_in_worker, next_job))
+        for future in done:
+            yield future.result()
+
+
+def _finished_well(future: cf.Future[CropResult]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _iter_results_inline(
@@ -689,8 +714,9 @@ class _ResultWriter:
                     crop_x=crop.square.x,
                     crop_y=crop.square.y,
                     crop_size=crop.square.side,
-                    detector=self.settings.detector.name,
+                    detector=crop.box.found_by or self.settings.detector.name,
                     detector_settings=self.key_settings,
+                    detector_scores=detector_scores(crop.box, self.settings.detector.name),
                     settings_key=self.key,
                     detections_count=result.faces_found,
                     face_index=crop.face_index,
@@ -701,3 +727,10 @@ class _ResultWriter:
                 )
             )
         return rows
+
+
+def detector_scores(box: Detection, detector: str) -> dict[str, float | None] | None:
+    """Each detector's own score for a crop's box (both, for a face the combined detector matched)."""
+    if box.scores:
+        return dict(box.scores)
+    return None if box.score is None else {box.found_by or detector: box.score}

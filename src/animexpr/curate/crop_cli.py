@@ -2,40 +2,44 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from animexpr.cli_common import console, get_state, require_store
-from animexpr.curate.defaults import CASCADE_ENV, DEFAULT_MARGIN, DEFAULT_SIZE, FacePolicy, default_min_face
+from animexpr.cli_common import JsonOption, console, err_console, get_state, print_json, require_store
+from animexpr.curate.defaults import (
+    CASCADE_ENV,
+    DEFAULT_MARGIN,
+    DEFAULT_SIZE,
+    DETECTOR_HELP,
+    DetectorName,
+    FacePolicy,
+    default_min_face,
+)
 from animexpr.errors import ConfigError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from animexpr.curate.crop import CropResult, CropSummary
+    from animexpr.curate.detect import DetectorChoice
 
 DEFAULT_MIN_FACE = default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)
-
-
-class DetectorName(StrEnum):
-    LBP = "lbp"
-    ANIMEFACE = "animeface"
-    WHOLE = "whole"
 
 
 class _RichCropProgress:
     """A progress bar that starts only once the workers are running (they are forked before its thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on: Console = console) -> None:
         self.bar = Progress(
             TextColumn("cropping"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[crops]} crops"),
             TimeRemainingColumn(),
-            console=console,
+            console=on,
             transient=True,
         )
         self.task = self.bar.add_task("crop", total=None, crops=0)
@@ -59,13 +63,7 @@ class _RichCropProgress:
 
 def crop(
     ctx: typer.Context,
-    detector: Annotated[
-        DetectorName,
-        typer.Option(
-            help="lbp (OpenCV cascade), animeface (optional extra), or whole (the pictures are face crops "
-            "already: their centred square)."
-        ),
-    ] = DetectorName.LBP,
+    detector: Annotated[DetectorName | None, typer.Option(help=DETECTOR_HELP, show_default=False)] = None,
     scale_factor: Annotated[float, typer.Option(help="Detector pyramid step (detectMultiScale).")] = 1.1,
     min_neighbors: Annotated[int, typer.Option(help="Overlapping hits a face needs (detectMultiScale).")] = 5,
     min_size: Annotated[int, typer.Option(help="Smallest face the detector looks for, in pixels.")] = 24,
@@ -103,18 +101,53 @@ def crop(
     limit: Annotated[
         int | None, typer.Option(help="Crop at most this many posts (to try settings).", show_default=False)
     ] = None,
+    as_json: JsonOption = False,
+    box: Annotated[
+        tuple[int, int, int, int] | None,
+        typer.Option(
+            metavar="POST X Y S",
+            help="Crop one face by hand instead of detecting: the final crop square at X, Y with side S, in "
+            "the post's original pixels (inside the picture, S at least half the crop size). Accepted at "
+            "once as --reviewer, as the review page's hand crops; replaces the post's earlier hand crop.",
+            show_default=False,
+        ),
+    ] = None,
+    boxes: Annotated[
+        Path | None,
+        typer.Option(
+            help="Hand crops from a UTF-8 CSV with the header post_id,x,y,size (as --box): bad lines are "
+            "reported by number, the good ones applied as one batch that `review undo` takes back.",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
+    reviewer: Annotated[
+        str | None,
+        typer.Option(help="Who made the hand crops (default: your login name).", show_default=False),
+    ] = None,
 ) -> None:
     """Detect anime faces in the downloaded posts and store square crops for review (state pending).
 
     Posts already cropped with the same detector and settings are left alone, so running it again finishes
-    an interrupted run.
+    an interrupted run. With --box or --boxes it makes hand crops instead (the detector options are not
+    used; --size only when given, else the size of the latest detected crop).
     """
     from animexpr.curate import crop as cropping
+    from animexpr.curate.detect import choose_detector
 
     state = get_state(ctx)
     require_store(state.settings)  # before the detector, which may download its cascade
+    if box is not None or boxes is not None:
+        from animexpr.curate.review_cli import crop_by_hand
+
+        # By name: typer carries its own copy of click, whose enum is not click.core's.
+        source = ctx.get_parameter_source("size")
+        given_size = size if source is not None and source.name == "COMMANDLINE" else None
+        crop_by_hand(ctx, box, boxes, reviewer, given_size, as_json)
+        return
+    choice = choose_detector(None if detector is None else detector.value)
     spec = cropping.make_detector_spec(
-        str(detector),
+        choice.name,
         scale_factor=scale_factor,
         min_neighbors=min_neighbors,
         min_size=min_size,
@@ -133,36 +166,59 @@ def crop(
         raise ConfigError(f"crop: {exc}") from exc
     if workers is not None and workers < 1:
         raise ConfigError("crop: --workers must be at least 1")
-    progress = _RichCropProgress()
+    progress = _RichCropProgress(err_console if as_json else console)
     try:
         summary = cropping.crop_posts(
             state.engine, state.store, settings, workers=workers, limit=limit, progress=progress
         )
     finally:
         progress.stop()
-    _print_summary(summary)
+    figures = summary_figures(summary, choice)
+    if as_json:
+        print_json(figures)
+    else:
+        _print_summary(figures)
     if summary.interrupted:
         # The status a shell gives Ctrl-C. Raised as SystemExit: under standalone_mode=False, click turns
         # both KeyboardInterrupt and typer.Exit into a return value that the entry point does not pass on.
         raise SystemExit(130)
 
 
-def _print_summary(summary: CropSummary) -> None:
+def summary_figures(summary: CropSummary, choice: DetectorChoice) -> dict[str, Any]:
+    """The run's figures, printed as the summary line or, with --json, as one JSON object."""
     from animexpr.curate.crop import CropOutcome
 
-    cropped = summary.outcomes.get(CropOutcome.CROPPED, 0)
+    return {
+        "detector": choice.name,
+        "detector_reason": choice.reason,
+        "settings_key": summary.settings_key,
+        "total": summary.total,
+        "done": summary.done,
+        "crops": summary.crops,
+        "cropped_posts": summary.outcomes.get(CropOutcome.CROPPED, 0),
+        "outcomes": dict(sorted(summary.outcomes.items())),
+        "interrupted": summary.interrupted,
+        "elapsed_s": round(summary.elapsed_s, 3),
+        "posts_per_s": round(summary.done / summary.elapsed_s, 3) if summary.elapsed_s > 0 else 0.0,
+    }
+
+
+def _print_summary(figures: dict[str, Any]) -> None:
+    from animexpr.curate.crop import CropOutcome
+
     others = ", ".join(
         f"{outcome} {count}"
-        for outcome, count in sorted(summary.outcomes.items())
+        for outcome, count in figures["outcomes"].items()
         if outcome != CropOutcome.CROPPED
     )
-    rate = summary.done / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
-    head = "interrupted: kept" if summary.interrupted else "cropped"
+    head = "interrupted: kept" if figures["interrupted"] else "cropped"
     console.print(
-        f"{head} {summary.done} of {summary.total} posts in {summary.elapsed_s:.1f} s ({rate:.1f} posts/s): "
-        f"{summary.crops} crops from {cropped} posts" + (f"; no crop: {others}" if others else ""),
+        f"{head} {figures['done']} of {figures['total']} posts in {figures['elapsed_s']:.1f} s "
+        f"({figures['posts_per_s']:.1f} posts/s): {figures['crops']} crops from "
+        f"{figures['cropped_posts']} posts" + (f"; no crop: {others}" if others else ""),
         highlight=False,
     )
+    console.print(f"detector {figures['detector']} ({figures['detector_reason']})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -160,6 +160,9 @@ class Crop(Base):
     face_index: Mapped[int] = mapped_column(default=0)
     faces_policy: Mapped[str] = mapped_column(String(32))
     detection_score: Mapped[float | None]
+    # Each detector's own score for this box, e.g. {"lbp": 23.0, "animeface": 0.97} for a face both found
+    # (`detection_score` is then the combined detector's ranking score); None where the detector has none.
+    detector_scores: Mapped[dict[str, Any] | None]
     label: Mapped[str] = mapped_column(String(64), index=True)
     state: Mapped[str] = mapped_column(String(16), default=CropState.PENDING, index=True)
     phash: Mapped[str | None] = mapped_column(String(16), index=True)

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from animexpr.errors import AnimexprError
 from animexpr.images import ImageDecodeError, decode_image
 from animexpr.model.baselines import build_baseline_generator
 from animexpr.model.checkpoint import latest_generator, load_generator_file, unusable
-from animexpr.model.config import TrainConfig
+from animexpr.model.config import CropMode, TrainConfig
 from animexpr.model.data import resize_square
 from animexpr.model.device import resolve_device
 from animexpr.model.grid import grid_labels, save_png, translation_grid
@@ -30,7 +29,6 @@ from animexpr.model.networks import Generator
 log = logging.getLogger(__name__)
 
 Cropper = Callable[[np.ndarray], list[np.ndarray]]  # RGB uint8 illustration -> RGB uint8 face crops
-CropMode = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True)
@@ -121,10 +119,21 @@ def transform_face(
     return ((outputs[0][0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def faces_of(image: np.ndarray, cropper: Cropper | None, crop: CropMode) -> list[np.ndarray]:
+def centre_square(image: np.ndarray) -> np.ndarray:
+    """The largest square in the middle of a picture: a face stand-in that is never squashed."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def faces_of(
+    image: np.ndarray, cropper: Cropper | None, crop: CropMode, name: str = "the picture"
+) -> list[np.ndarray]:
     """The faces to transform in one picture: itself when it is a crop, the cropper's faces otherwise.
 
-    `auto` treats a square picture as an already-cropped face (crops are square) and crops the others.
+    `auto` treats a square picture as an already-cropped face (crops are square) and crops the others. A
+    picture where no face is found (or no cropper is available) gives its centre square, with a warning.
     """
     square = abs(image.shape[0] - image.shape[1]) <= 0.02 * max(image.shape[:2])
     if crop == "never" or (crop == "auto" and square):
@@ -132,9 +141,13 @@ def faces_of(image: np.ndarray, cropper: Cropper | None, crop: CropMode) -> list
     if cropper is None:
         if crop == "always":
             raise AnimexprError("no face cropper is available to crop the illustration")
-        log.warning("no face cropper available: using the whole non-square picture as the face")
-        return [image]
-    return cropper(image)
+        log.warning("%s: no face cropper available; transforming its centre square", name)
+        return [centre_square(image)]
+    faces = cropper(image)
+    if not faces:
+        log.warning("%s: no face found; transforming its centre square", name)
+        return [centre_square(image)]
+    return faces
 
 
 def transform_images(
@@ -161,10 +174,7 @@ def transform_images(
             image = decode_image(path).rgb
         except ImageDecodeError as exc:
             raise AnimexprError(f"{path}: {exc}") from exc
-        faces = faces_of(image, cropper, crop)
-        if not faces:
-            log.warning("%s: no face found", path)
-            continue
+        faces = faces_of(image, cropper, crop, str(path))
         for i, face in enumerate(faces):
             stem = path.stem if len(faces) == 1 else f"{path.stem}-face{i}"
             x, outputs, masks = translate(loaded, [face], targets, source_index)

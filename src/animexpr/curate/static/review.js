@@ -1,6 +1,8 @@
 // The review page: keyboard-first, every decision POSTed (and stored) the moment the key is pressed.
 // The page holds no secret: with a token the server sets an HttpOnly cookie at login.
 
+import { HandMode } from "/static/hand.js";
+
 const $ = (selector) => document.querySelector(selector);
 const AHEAD = 10; // crops leased ahead of the cursor, so the next one is already there
 const PREFETCH = 4; // images loaded ahead
@@ -26,6 +28,7 @@ const S = {
   decisionsSinceStats: 0,
   keyGeneration: 0,
 };
+const hand = new HandMode({ api, toast, showError, clearBanner, refreshStats, applyResult, render, classColor });
 let keyChain = Promise.resolve();
 let fetchChain = Promise.resolve();
 
@@ -248,7 +251,8 @@ function onKey(event) {
     return;
   }
   if (help.open) return;
-  const action = S.mode === "grid" ? gridAction(event.key) : singleAction(event.key);
+  const action = S.mode === "grid" ? gridAction(event.key)
+    : S.mode === "hand" ? handAction(event.key, event.shiftKey) : singleAction(event.key);
   if (!action) return;
   event.preventDefault();
   if (event.repeat && (DECISION_KEYS.has(event.key) || /^[0-9]$/.test(event.key))) return;
@@ -269,9 +273,15 @@ function singleAction(key) {
     case "j": case "ArrowRight": return () => move(+1);
     case "k": case "ArrowLeft": return () => move(-1);
     case "g": return () => setMode("grid");
+    case "c": return () => setMode("hand");
     case "r": return reloadQueue;
     default: return null;
   }
+}
+
+function handAction(key, shiftKey) {
+  if (key === "c" || key === "Escape") return () => setMode("single");
+  return hand.action(key, shiftKey);
 }
 
 function gridAction(key) {
@@ -324,9 +334,15 @@ async function setMode(mode, cursor) {
     await fillQueue(gridSize());
     render();
   }
+  if (mode === "hand") {
+    await hand.fill();
+    hand.show();
+    render();
+  }
 }
 
 async function reloadQueue() {
+  if (S.mode === "hand") return hand.reload().then(render);
   S.queueGeneration += 1;
   S.items = S.items.slice(0, S.cursor);
   S.ids = new Set(S.items.map((item) => item.id));
@@ -344,18 +360,21 @@ async function reloadQueue() {
 function render() {
   const current = S.items[S.cursor];
   if (S.mode === "grid") fitGrid();
-  const empty = S.mode === "grid" ? gridPage().length === 0 : !current;
+  const empty = S.mode === "grid" ? gridPage().length === 0 : S.mode === "hand" ? !hand.current() : !current;
+  const exhausted = S.mode === "hand" ? hand.exhausted : S.exhausted;
   $("#loading").hidden = true;
-  $("#empty").hidden = !(empty && S.exhausted);
+  $("#empty").hidden = !(empty && exhausted);
   $("#single-view").hidden = S.mode !== "single" || !current;
   $("#grid-view").hidden = S.mode !== "grid" || empty;
-  $("#mode-single").classList.toggle("active", S.mode === "single");
-  $("#mode-grid").classList.toggle("active", S.mode === "grid");
+  $("#hand-view").hidden = S.mode !== "hand" || empty;
+  $("#filters").classList.toggle("unused", S.mode === "hand");
+  for (const mode of ["single", "grid", "hand"]) $(`#mode-${mode}`).classList.toggle("active", S.mode === mode);
   renderHint();
   renderRecent();
   if (S.mode === "grid") renderGrid();
+  else if (S.mode === "hand") hand.render();
   else if (current) renderSingle(current);
-  prefetch();
+  if (S.mode !== "hand") prefetch();
 }
 
 function classIndex(label) {
@@ -594,8 +613,11 @@ function renderHint() {
   const classes = S.config.classes.length;
   const hint = S.mode === "grid"
     ? "<kbd>Space</kbd> mark · <kbd>Enter</kbd> save page · <kbd>u</kbd> undo · arrows move · <kbd>g</kbd> single · <kbd>?</kbd> keys"
+    : S.mode === "hand"
+    ? "drag draw/move · arrows move · <kbd>+</kbd>/<kbd>-</kbd> size · <kbd>1</kbd>–<kbd>9</kbd> pick · <kbd>Enter</kbd> save · " +
+      "<kbd>j</kbd>/<kbd>k</kbd> skip · <kbd>u</kbd> undo · <kbd>c</kbd> single · <kbd>?</kbd> keys"
     : `<kbd>a</kbd> accept · <kbd>x</kbd> reject · <kbd>1</kbd>–<kbd>${classes}</kbd> relabel · <kbd>u</kbd> undo · ` +
-      "<kbd>j</kbd>/<kbd>k</kbd> move · <kbd>g</kbd> grid · <kbd>?</kbd> keys";
+      "<kbd>j</kbd>/<kbd>k</kbd> move · <kbd>g</kbd> grid · <kbd>c</kbd> crop by hand · <kbd>?</kbd> keys";
   $("#keys-hint").innerHTML = hint; // static markup, no data from the server
 }
 
@@ -692,9 +714,12 @@ async function start() {
     Object.assign(document.createElement("kbd"), { textContent: String(S.config.classes.length) }),
   );
   setupFilters();
-  S.mode = localStorage.getItem("animexpr.review.mode") === "grid" ? "grid" : "single";
+  const savedMode = localStorage.getItem("animexpr.review.mode");
+  S.mode = ["grid", "hand"].includes(savedMode) ? savedMode : "single";
   $("#mode-single").addEventListener("click", () => setMode("single"));
   $("#mode-grid").addEventListener("click", () => setMode("grid"));
+  $("#mode-hand").addEventListener("click", () => setMode("hand"));
+  hand.setupPointer();
   $("#help-button").addEventListener("click", () => $("#help").showModal());
   document.addEventListener("keydown", onKey);
   // A clicked button keeps the focus, and Space or Enter would click it again: give the keys back.
@@ -703,6 +728,10 @@ async function start() {
   for (const item of history.items) addItem(item);
   S.cursor = S.items.length;
   await fillQueue(S.mode === "grid" ? gridSize() : AHEAD);
+  if (S.mode === "hand") {
+    await hand.fill();
+    hand.show();
+  }
   render();
   window.addEventListener("resize", onResize);
   performance.mark("review-ready"); // the first crop is on screen (bench/review.py reads this)
@@ -716,6 +745,7 @@ function onResize() {
   // A new window size makes a new page size: show the rows that fit now, fetching more crops if needed.
   clearTimeout(resizeTimer);
   resizeTimer = setTimeout(() => {
+    if (S.mode === "hand") hand.render();
     if (S.mode !== "grid") return;
     S.gridSize = 0;
     S.gridSel = Math.min(S.gridSel, gridSize() - 1);
