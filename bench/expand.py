@@ -37,8 +37,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from animexpr.config import Settings, load_settings
-from animexpr.curate.augment import build_recipe, expand
 from animexpr.curate.dedup import eligible_crops, update_duplicates
+from animexpr.curate.expand import build_recipe, expand
 from animexpr.curate.snapshot import create_snapshot, verify_snapshot
 from animexpr.db.models import Crop, CropState
 from animexpr.db.session import open_db, session_scope

@@ -32,9 +32,9 @@ from animexpr.config import load_settings
 from animexpr.db.session import open_db
 from animexpr.harvest.client import USER_AGENT, ClientPolicy, DanbooruClient
 from animexpr.harvest.crawl import crawl
-from animexpr.harvest.fakebooru import CorpusCounts, FakeDanbooru, FakePost, build_corpus
 from animexpr.harvest.policy import HarvestOptions
 from animexpr.store import FileStore
+from animexpr.testing.fakebooru import CorpusCounts, FakeDanbooru, FakePost, build_corpus
 
 UNPACED = ClientPolicy(rate=None, download_rate=None, pool_size=8)
 BARE_PARAMS: dict[str, str | int] = {"tags": "smile solo", "limit": 200}

@@ -16,8 +16,8 @@ from animexpr.db.session import open_db
 from animexpr.store import FileStore
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-# No test reaches the internet: a test that would download a pinned file fails at once instead of waiting for a
-# timeout (the download tests serve their files on 127.0.0.1 and pass their own environment).
+# No test reaches the internet: a test that would download a pinned file fails at once instead of waiting
+# for a timeout (the download tests serve their files on 127.0.0.1 and pass their own environment).
 os.environ.setdefault("ANIMEXPR_OFFLINE", "1")
 PG_URL_VARIABLE = "ANIMEXPR_TEST_PG_URL"
 

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from animexpr.config import Settings
 from animexpr.curate.review import ReviewQueue
+from animexpr.curate.review_csv import export_csv
 from animexpr.store import FileStore, atomic_write_bytes
 
 
@@ -47,7 +48,7 @@ def test_a_sample_grid_and_a_review_export_are_0644(
     sample = tmp_path / "run" / "samples" / "000100.png"
     save_png(np.zeros((8, 8, 3), dtype=np.uint8), sample)
     export = tmp_path / "queue.csv"
-    ReviewQueue(engine, settings.class_names).export_csv(export)
+    export_csv(ReviewQueue(engine, settings.class_names), export)
     assert _mode(sample) == 0o644
     assert _mode(export) == 0o644
 

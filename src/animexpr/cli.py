@@ -6,27 +6,39 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from animexpr import __version__, demo
-from animexpr.cli_common import AppState, console, err_console, get_state
+from animexpr.cli_common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    AppState,
+    JsonOption,
+    console,
+    err_console,
+    get_state,
+    hide_flag_types,
+)
+from animexpr.cli_panels import PipelineGroup
 from animexpr.config import CONFIG_FILE_NAME, load_settings
 from animexpr.curate import cli as curate_cli
 from animexpr.errors import AnimexprError
-from animexpr.harvest import cli as harvest_cli
+from animexpr.harvest import harvest_cli
 from animexpr.model import cli as model_cli
-from animexpr.model import eval_cli
+from animexpr.model import compare_cli, evaluate_cli
 from animexpr.testing import benchmark_cli
 
 # Every command, `--help` included, imports this module and the rooms' command modules: those import their
 # heavy libraries (SQLAlchemy, OpenCV, numpy, scipy, torch, PIL) inside the commands, so that
 # `animexpr --help` starts about as fast as any typer program (bench/cli_start.py measures it).
 
+hide_flag_types()
 app = typer.Typer(
     name="animexpr",
+    cls=PipelineGroup,  # --help in pipeline order; Ctrl-C in any command: one line, status 130
     help="Anime facial-expression dataset from Danbooru, and the expression GAN trained on it.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # never print local variables: they may hold an API key
@@ -45,19 +57,19 @@ def root(
     home: Annotated[
         Path | None,
         typer.Option(
-            help="Home folder of the store [env: ANIMEXPR_HOME; default ./animexpr-home]", show_default=False
+            help="Home folder of the store (env ANIMEXPR_HOME; default ./animexpr-home).", show_default=False
         ),
     ] = None,
     db: Annotated[
         str | None,
         typer.Option(
-            help="Database URL [env: ANIMEXPR_DB; default SQLite in the home folder]", show_default=False
+            help="Database URL (env ANIMEXPR_DB; default SQLite in the home folder).", show_default=False
         ),
     ] = None,
     classes: Annotated[
         str | None,
         typer.Option(
-            help="Classes and tags, e.g. 'angry,sad:sad+crying' [env: ANIMEXPR_CLASSES]", show_default=False
+            help="Classes and tags, e.g. 'angry,sad:sad+crying' (env ANIMEXPR_CLASSES).", show_default=False
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages.")] = False,
@@ -122,11 +134,10 @@ def _settings_file_text(state: AppState) -> str:
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object (keys in the README).")
-    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Show what the store holds: posts, crops, augmentations and snapshots, per class."""
+    """Show what the store holds: posts, crops, augmentations and snapshots per class, and the training runs
+    with their latest evaluation."""
     from animexpr.status import collect_status
 
     state = get_state(ctx)
@@ -152,20 +163,40 @@ def status(
         reasons = ", ".join(f"{reason} {count}" for reason, count in report["posts"]["reasons"].items())
         console.print(f"skipped or failed posts by reason: {reasons}")
     console.print(f"snapshots: {', '.join(report['snapshots']) or 'none'}")
+    _print_runs(report["runs"])
 
 
-for room in (harvest_cli, curate_cli, model_cli, eval_cli, benchmark_cli, demo):
+def _print_runs(runs: list[dict[str, Any]]) -> None:
+    from rich.markup import escape
+
+    from animexpr.status import RUN_COLUMNS, run_table_rows
+
+    if not runs:
+        console.print("runs: none")
+        return
+    table = Table(*RUN_COLUMNS, title="runs")
+    for row in run_table_rows(runs):
+        table.add_row(*(escape(cell) for cell in row))  # run names and problems are text, not markup
+    console.print(table)
+
+
+for room in (harvest_cli, curate_cli, model_cli, evaluate_cli, compare_cli, benchmark_cli, demo):
     room.register(app)
 
 
-def main() -> None:
-    """Console-script entry point: user errors become one red line and exit status 1.
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point (`args`: the command line, default `sys.argv[1:]`); exit statuses:
 
-    Usage errors, `typer.Exit` codes and Ctrl-C outside a command's own handling are click's business
-    (standalone mode); only our own errors are turned into a line here.
+    0 done; 1 an error the user can fix (one red line); 2 a usage error (click's message); 130 interrupted
+    (Ctrl-C: the root group turns it into one line in any command, and stages that catch it themselves say
+    what they kept). Click's standalone mode does the exiting; our errors, and a Ctrl-C outside any
+    command (while the options are parsed or an error printed), are turned into their status here.
     """
     try:
-        app()
+        app(args)
     except AnimexprError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        sys.exit(EXIT_INTERRUPTED)

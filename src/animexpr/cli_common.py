@@ -6,13 +6,16 @@ This module is imported by every command, `--help` included: it imports nothing 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+import typer.core
 from rich.console import Console, ConsoleDimensions
 from rich.text import Text
 
@@ -223,3 +226,66 @@ def get_state(ctx: typer.Context, *, create_home: bool = False) -> AppState:
 
 def get_settings(ctx: typer.Context) -> Settings:
     return get_state(ctx).settings
+
+
+# Exit statuses, the same for every command (the README lists them).
+EXIT_OK = 0
+EXIT_ERROR = 1  # an AnimexprError: one line on standard error
+EXIT_USAGE = 2  # a bad option or argument: click's usage error
+EXIT_INTERRUPTED = 130  # Ctrl-C: what a shell reports for a process stopped by SIGINT (128 + 2)
+
+
+class AnimexprGroup(typer.core.TyperGroup):
+    """The root command: Ctrl-C in any command ends it with one line and status 130.
+
+    Stages that catch Ctrl-C themselves say what they kept and exit 130 on their own; this covers the other
+    commands. Typer releases built on click's own main turn Ctrl-C into `Abort` ("Aborted!", status 1), later
+    ones into a silent 130: with this group users see the same line and status whichever is installed.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, typer.Abort):
+            err_console.print("interrupted", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def hide_flag_types() -> None:
+    """No `<bool>` beside the flags in `--help`.
+
+    Recent typer's rich help fills the type column of every option, `<bool>` for flags and `--help` too,
+    although a flag takes no value (click's plain help leaves it out): flags get an empty column again.
+    """
+    shown = getattr(typer.core.TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "hides_flags", False):
+        return  # a typer without that column, or hidden already
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_bool_flag else shown(self, ctx)
+
+    display_type_rich.hides_flags = True  # type: ignore[attr-defined]
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print one JSON object on standard output instead of the summary (keys in the README)."
+    ),
+]
+
+
+def print_json(data: Any) -> None:
+    """One JSON object on standard output, for scripts; logs and progress stay on standard error."""
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def choices(names: Sequence[str]) -> Any:
+    """The type of an option of fixed choices, from the tuple that defines them (no copy to keep in step).
+
+    A `Literal` of the names: typer shows them in `--help` and refuses any other value with a usage error
+    (status 2) that lists them.
+    """
+    literal: Any = Literal
+    return literal[tuple(names)]

@@ -13,6 +13,7 @@ from typing import Any
 from animexpr.errors import ConfigError
 
 CONFIG_FILE_NAME = "animexpr.toml"
+RUNS_DIR_NAME = "runs"
 CACHE_ENV_VARIABLE = "ANIMEXPR_CACHE"
 DEFAULT_HOME = Path("animexpr-home")
 # The paper's four classes, each searched on Danbooru by the tag of the same name.
@@ -57,6 +58,11 @@ class Settings:
     @property
     def config_file(self) -> Path:
         return self.home / CONFIG_FILE_NAME
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where `train` numbers its runs, and where `transform` and `status` look for them."""
+        return self.home / RUNS_DIR_NAME
 
 
 def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:

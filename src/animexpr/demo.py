@@ -27,6 +27,7 @@ from typing import Annotated, Any, Protocol
 import typer
 
 from animexpr.cli_common import console, get_settings
+from animexpr.config import RUNS_DIR_NAME
 from animexpr.errors import AnimexprError
 
 DEMO_MARKER = ".animexpr-demo"
@@ -64,8 +65,8 @@ def demo(
     evaluate: Annotated[bool, typer.Option(help="Score the model with FID/KID at the end.")] = True,
 ) -> None:
     """Run the whole pipeline offline on a local Danbooru-compatible server (what `make demo` runs)."""
-    from animexpr.harvest.fakebooru import serve_fake_danbooru
     from animexpr.testing.faces import EXPRESSIONS
+    from animexpr.testing.fakebooru import serve_fake_danbooru
 
     sizes = DemoSizes(per_class=per_class, iters=iters, expand_factor=2.0)
     _prepare_home(home)
@@ -314,9 +315,10 @@ def write_scripted_decisions(
 
 
 def newest_run(home: Path) -> Path:
-    runs = sorted(path for path in (home / "runs").iterdir() if path.is_dir())
+    runs_root = home / RUNS_DIR_NAME
+    runs = sorted(path for path in runs_root.iterdir() if path.is_dir())
     if not runs:
-        raise AnimexprError(f"no training run in {home / 'runs'}")
+        raise AnimexprError(f"no training run in {runs_root}")
     return runs[-1]
 
 

@@ -1,7 +1,15 @@
-"""What the store holds: the counts behind `animexpr status`."""
+"""What the store holds: the counts behind `animexpr status`, and the training runs in the home folder.
+
+The runs are read from their small files only (config.json, the last line of stats.jsonl, the checkpoint
+names, eval.json): `status` starts in a blink and loads neither torch nor numpy.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -10,6 +18,15 @@ from sqlalchemy.orm import Session
 from animexpr.config import Settings
 from animexpr.db.models import Augmentation, Crop, CropState, Post, PostState, Snapshot
 from animexpr.db.session import current_revision
+from animexpr.model.run_files import (  # torch-free: `status` never loads torch
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    EVAL_JSON,
+    GENERATOR_NAME,
+    RUN_NAME,
+    STATE_NAME,
+    STATS_FILE,
+)
 
 
 def collect_status(engine: Engine, settings: Settings) -> dict[str, Any]:
@@ -26,6 +43,7 @@ def collect_status(engine: Engine, settings: Settings) -> dict[str, Any]:
             "augmented": _augmented_count(session, None),
             "snapshots": list(session.scalars(select(Snapshot.name).order_by(Snapshot.created_at))),
             "per_class": per_class,
+            "runs": collect_runs(settings.runs_dir),
         }
 
 
@@ -68,3 +86,201 @@ def _augmented_count(session: Session, label: str | None) -> int:
 
 def _redacted(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
+
+
+# --- training runs ---
+
+_STATS_TAIL_BYTES = 64 * 1024  # holds the last rows of stats.jsonl, however long the run
+
+
+def collect_runs(runs_root: Path) -> list[dict[str, Any]]:
+    """Each numbered run folder under `runs_root`, oldest first (a hidden folder is a run being set up)."""
+    try:
+        folders = [p for p in runs_root.iterdir() if RUN_NAME.match(p.name) and p.is_dir()]
+    except OSError:  # no runs yet
+        return []
+    folders.sort(key=lambda p: (int(p.name.split("-", 1)[0]), p.name))
+    return [run_summary(folder) for folder in folders]
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """What a run is, how far it got and how it scored; `problems` says what could not be read, in words."""
+    problems: list[str] = []
+    config = _read_json_object(run_dir / CONFIG_FILE, problems)
+    if config is not None and _typed_value(config, "variant", str) is None:
+        problems.append(f"{CONFIG_FILE} names no variant: not a training config")
+    last_row = _last_stats_row(run_dir / STATS_FILE, problems)
+    checkpoint = _last_checkpoint(run_dir / CHECKPOINT_DIR, problems)
+    done = max(
+        last_row.get("iteration", 0) if last_row else 0,
+        checkpoint["iteration"] if checkpoint else 0,
+    )
+    evaluation = None
+    if (run_dir / EVAL_JSON).exists():
+        report = _read_json_object(run_dir / EVAL_JSON, problems)
+        evaluation = evaluation_summary(report, problems) if report is not None else None
+    return {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "variant": _typed_value(config, "variant", str),
+        "image_size": _typed_value(config, "image_size", int),
+        "iterations_done": done,
+        "iterations_planned": _typed_value(config, "iters", int),
+        "last_checkpoint": checkpoint,
+        "evaluation": evaluation,
+        "problems": problems,
+    }
+
+
+def evaluation_summary(report: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+    """The headline figures of an eval.json: pooled under the paper protocol, else the class mean (as
+    model.evaluate.headline chooses them)."""
+    pooled = report.get("pooled")
+    scores = pooled if report.get("protocol") == "paper" and pooled is not None else report.get("mean")
+    if not isinstance(scores, dict):
+        problems.append(f"{EVAL_JSON} holds no scores; run `animexpr evaluate` on it again")
+        return None
+    return {
+        "fid": _typed_value(scores, "fid", float),
+        "kid_mean": _typed_value(scores, "kid_mean", float),
+        "kid_std": _typed_value(scores, "kid_std", float),
+        "protocol": _typed_value(report, "protocol", str),
+        "created": _typed_value(report, "created", str),
+        "iteration": _typed_value(report, "iteration", int),
+        "generator": _typed_value(report, "generator", str),
+    }
+
+
+def _read_json_object(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"no {path.name}")
+        return None
+    except OSError as exc:
+        problems.append(f"{path.name} unreadable ({exc.strerror})")
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        problems.append(f"{path.name} is not valid JSON (cut short?)")
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"{path.name} is not a JSON object")
+        return None
+    return value
+
+
+def _typed_value(values: dict[str, Any] | None, key: str, kind: type) -> Any:
+    """values[key] when it is of `kind` (an int counts as a float), else None: a hand-edited or foreign
+    file shows as unknown values, never as a traceback."""
+    value = values.get(key) if values is not None else None
+    if isinstance(value, bool):
+        return None
+    if kind is float and isinstance(value, int):
+        return float(value)
+    return value if isinstance(value, kind) else None
+
+
+def _last_stats_row(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The last complete row of stats.jsonl (a kill may have cut the very last one short)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - _STATS_TAIL_BYTES))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None  # a run that has not logged yet
+    except OSError as exc:
+        problems.append(f"{path.name} unreadable ({exc.strerror})")
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+            return row
+    if tail.strip():
+        problems.append(f"{path.name} holds no readable row")
+    return None
+
+
+def _last_checkpoint(folder: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The iteration of the newest checkpoint file and when it was written (UTC)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        problems.append(f"{folder.name}/ unreadable ({exc.strerror})")
+        return None
+    found = [
+        (int(m.group(1)), name)
+        for name in names
+        if (m := STATE_NAME.match(name) or GENERATOR_NAME.match(name))
+    ]
+    if not found:
+        return None
+    iteration, name = max(found)
+    try:
+        mtime = (folder / name).stat().st_mtime
+    except OSError:  # pruned by a training run between the listing and now
+        return {"iteration": iteration, "time": None}
+    written = datetime.datetime.fromtimestamp(mtime, datetime.UTC)
+    return {"iteration": iteration, "time": written.isoformat(timespec="seconds")}
+
+
+# --- the runs as table rows ---
+
+RUN_COLUMNS = ("run", "variant", "px", "iterations", "last checkpoint", "latest evaluation")
+
+
+def run_table_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
+    """One row of text per run, for the `status` table; a run with problems says them in the last column."""
+    return [
+        [
+            run["name"],
+            run["variant"] or "?",
+            str(run["image_size"] or "?"),
+            f"{run['iterations_done']:,} / {_or_unknown(run['iterations_planned'])}",
+            _checkpoint_text(run["last_checkpoint"]),
+            _evaluation_text(run["evaluation"], run["problems"]),
+        ]
+        for run in runs
+    ]
+
+
+def _or_unknown(count: int | None) -> str:
+    return "?" if count is None else f"{count:,}"
+
+
+def _checkpoint_text(checkpoint: dict[str, Any] | None) -> str:
+    if checkpoint is None:
+        return "none"
+    return f"{checkpoint['iteration']:,} ({_short_time(checkpoint['time'])})"
+
+
+def _evaluation_text(evaluation: dict[str, Any] | None, problems: list[str]) -> str:
+    text = "not evaluated" if evaluation is None else _scores_text(evaluation)
+    return "; ".join([*problems, text])
+
+
+def _scores_text(evaluation: dict[str, Any]) -> str:
+    fid, kid = evaluation["fid"], evaluation["kid_mean"]
+    fid_text = "-" if fid is None else f"{fid:.2f}"
+    kid_text = "-" if kid is None else f"{1e3 * kid:.2f}"
+    return (
+        f"FID {fid_text}, KID×1e3 {kid_text} ({evaluation['protocol'] or '?'}, "
+        f"iteration {_or_unknown(evaluation['iteration'])}, {_short_time(evaluation['created'])})"
+    )
+
+
+def _short_time(iso: str | None) -> str:
+    """'2026-12-07 00:10 UTC' from an ISO 8601 time; what cannot be read stays as it is."""
+    if not iso:
+        return "?"
+    try:
+        moment = datetime.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")

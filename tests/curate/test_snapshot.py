@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 
 from animexpr.cli_common import AppState
 from animexpr.config import Settings, load_settings
-from animexpr.curate import expand_cli
-from animexpr.curate.augment import expand
+from animexpr.curate import cli as curate_cli
+from animexpr.curate.expand import expand
 from animexpr.curate.snapshot import (
     SnapshotError,
     create_snapshot,
@@ -291,7 +291,7 @@ def command_app() -> typer.Typer:
     ) -> None:
         ctx.obj = AppState(load_settings(home=home, classes=classes, environ={}))
 
-    expand_cli.register(app)
+    curate_cli.register(app)
     return app
 
 
@@ -328,7 +328,7 @@ def test_commands_from_dedup_to_export(
     failed = run("snapshot", "verify", "first")
     assert failed.exit_code == 1
     assert "1 modified" in str(failed.exception)
-    assert run("expand", "--balance", "sideways").exit_code == 1
+    assert run("expand", "--balance", "sideways").exit_code == 2  # a usage error, checked by the command line
 
 
 def test_the_root_command_line_offers_the_commands(tmp_path: Path) -> None:

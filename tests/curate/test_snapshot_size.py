@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from test_snapshot import populate
 
 from animexpr.config import Settings
-from animexpr.curate import augment
-from animexpr.curate.augment import apportion, expand
+from animexpr.curate import expand as expand_stage
+from animexpr.curate.expand import apportion, expand
 from animexpr.curate.snapshot import SnapshotError, create_snapshot, verify_snapshot
 from animexpr.curate.snapshot_plan import SnapshotSize
 from animexpr.db.models import Augmentation
@@ -146,7 +146,7 @@ def test_an_interrupted_sized_create_keeps_the_copies_and_a_rerun_finishes(
     engine: Engine, store: FileStore, crop_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_crops(engine, store, faces(3))
-    real_run_jobs = augment.run_jobs
+    real_run_jobs = expand_stage.run_jobs
 
     def interrupted_after_the_first_batch(*args: Any, **kwargs: Any) -> Any:
         for number, result in enumerate(real_run_jobs(*args, **kwargs)):
@@ -154,14 +154,14 @@ def test_an_interrupted_sized_create_keeps_the_copies_and_a_rerun_finishes(
                 raise KeyboardInterrupt
             yield result
 
-    monkeypatch.setattr(augment, "run_jobs", interrupted_after_the_first_batch)
+    monkeypatch.setattr(expand_stage, "run_jobs", interrupted_after_the_first_batch)
     with pytest.raises(KeyboardInterrupt):
         create_snapshot(engine, store, crop_settings, "s", size=SnapshotSize(40), workers=1)
     kept = augmented_rows(engine)
     assert 0 < kept < 40 - 12
     assert not (crop_settings.home / "snapshots" / "s").exists()
 
-    monkeypatch.setattr(augment, "run_jobs", real_run_jobs)
+    monkeypatch.setattr(expand_stage, "run_jobs", real_run_jobs)
     info = create_snapshot(engine, store, crop_settings, "s", size=SnapshotSize(40), workers=1)
     assert info.augmented_made == 40 - 12 - kept
     assert len(manifest(info.folder)) == 40

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 from test_crop_stage import PostFile, add_posts, attempts, crops, drawn_picture
 
 from animexpr.config import Settings
-from animexpr.curate.augment import expand
 from animexpr.curate.crop import CropSettings, crop_posts, make_detector_spec
 from animexpr.curate.dedup import UNREADABLE, update_duplicates
+from animexpr.curate.expand import expand
 from animexpr.curate.snapshot import SnapshotError, create_snapshot
 from animexpr.db.models import Augmentation, Crop, Post, Snapshot
 from animexpr.db.session import session_scope

@@ -15,9 +15,9 @@ from animexpr.config import Settings
 from animexpr.db.models import Post
 from animexpr.harvest.client import ClientPolicy, Credentials, DanbooruClient
 from animexpr.harvest.crawl import CrawlSummary, crawl
-from animexpr.harvest.fakebooru import CorpusCounts, FakeDanbooru, FakePost, build_corpus
 from animexpr.harvest.policy import HarvestOptions
 from animexpr.store import FileStore
+from animexpr.testing.fakebooru import CorpusCounts, FakeDanbooru, FakePost, build_corpus
 
 # No waiting in tests unless a test asks for it: unlimited pace, tiny backoffs.
 FAST_POLICY = ClientPolicy(

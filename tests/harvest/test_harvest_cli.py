@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from animexpr.cli import app
-from animexpr.harvest.fakebooru import CorpusCounts, FakeDanbooru, FakePost
+from animexpr.testing.fakebooru import CorpusCounts, FakeDanbooru, FakePost
 
 LOGIN = "zz-login-7f3a"
 API_KEY = "zz-key-Q9xW2r"

@@ -25,7 +25,7 @@ from animexpr.harvest.client import (
     RateLimiter,
     credentials_from,
 )
-from animexpr.harvest.fakebooru import FakeDanbooru, FakePost, generated_png
+from animexpr.testing.fakebooru import FakeDanbooru, FakePost, generated_png
 
 SECRET_KEY = "sEcReT-kEy-123"
 # The server stamps a request when its thread runs; on a loaded 2-core host that can lag by tens of ms.

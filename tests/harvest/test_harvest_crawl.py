@@ -21,11 +21,11 @@ from animexpr.db.models import CrawlCursor, Post, PostState
 from animexpr.db.session import open_db, session_scope
 from animexpr.harvest.client import ClientPolicy, Credentials, DanbooruAuthError, DanbooruClient, HarvestError
 from animexpr.harvest.crawl import CrawlSummary, crawl
-from animexpr.harvest.fakebooru import CorpusCounts, FakeDanbooru, FakePost, generated_png
 from animexpr.harvest.policy import HarvestOptions
 from animexpr.harvest.reasons import HarvestReason
 from animexpr.homelock import HomeBusyError, hold_home_lock
 from animexpr.store import TEMP_PREFIX, FileStore, sha256_file
+from animexpr.testing.fakebooru import CorpusCounts, FakeDanbooru, FakePost, generated_png
 
 CLASSES = ("angry", "sad", "smile", "surprised")
 EXPECTED_REASON = {

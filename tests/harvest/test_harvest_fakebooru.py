@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from animexpr.harvest.fakebooru import (
+from animexpr.testing.fakebooru import (
     CorpusCounts,
     FakeDanbooru,
     FakePost,

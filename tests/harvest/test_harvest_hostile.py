@@ -22,10 +22,10 @@ from animexpr.db.models import CrawlCursor, Post, PostState
 from animexpr.db.session import open_db
 from animexpr.harvest.client import ClientPolicy, DanbooruClient
 from animexpr.harvest.crawl import SAMPLE_MARK, CrawlSummary, crawl
-from animexpr.harvest.fakebooru import FakeDanbooru, FakePost, generated_png
 from animexpr.harvest.policy import HarvestOptions, Variant
 from animexpr.harvest.reasons import HarvestReason
 from animexpr.store import FileStore, is_store_relpath, sha256_bytes, sha256_file
+from animexpr.testing.fakebooru import FakeDanbooru, FakePost, generated_png
 
 BAD = (PostState.SKIPPED, HarvestReason.BAD_METADATA)
 DOWNLOADED = (PostState.DOWNLOADED, None)

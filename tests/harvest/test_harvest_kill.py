@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from animexpr.db.models import Post, PostState
-from animexpr.harvest.fakebooru import CorpusCounts, FakeDanbooru, FakePost
 from animexpr.store import TEMP_PREFIX
+from animexpr.testing.fakebooru import CorpusCounts, FakeDanbooru, FakePost
 
 
 def harvest_command(home: Path, booru: FakeDanbooru) -> list[str]:

@@ -491,7 +491,7 @@ def test_evaluate_images_command(
         (["--images", "{images}"], "--images needs --snapshot"),
         (["{run}", "--images", "{images}", "--snapshot", "{snapshot}"], "give a run folder or --images"),
         (["{run}", "--reference", "all"], "goes with --protocol per-class"),
-        (["{run}", "--protocol", "pooled"], "expected paper or per-class"),
+        (["{run}", "--protocol", "pooled"], "'pooled' is not one of 'paper', 'per-class'"),
         (["{run}", "--method", "x"], "go with --images only"),
     ],
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -14,9 +16,19 @@ from model_fixtures import tiny_config
 from animexpr.model import train as train_module
 from animexpr.model.checkpoint import generator_files, load_training_state, training_states
 from animexpr.model.config import VARIANTS, TrainConfig
+from animexpr.model.cuda_graphs import (
+    clone_optimizer_state,
+    portable_optimizer_state,
+    restore_optimizer_state,
+    set_learning_rate,
+    use_tensor_learning_rates,
+)
+from animexpr.model.data import load_snapshot
 from animexpr.model.networks import Generator
+from animexpr.model.run import training_data
 from animexpr.model.train import (
     NonFiniteLossError,
+    Trainer,
     ema_weight,
     label_effect,
     learning_rate,
@@ -24,6 +36,7 @@ from animexpr.model.train import (
     train,
 )
 from animexpr.model.transform import load_generator
+from animexpr.model.vgg import load_vgg19_features
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -210,3 +223,81 @@ def test_ctrl_c_writes_a_checkpoint_and_stops(snapshot_dir: Path, tmp_path: Path
     finished = train(cfg, tmp_path / "runs", resume=str(result.run_dir))
     assert finished.iteration == 8
     assert not finished.interrupted
+
+
+# ---------------------------------------------------------------------- around the CUDA graphs
+
+
+def _adam_after_steps(steps: int) -> torch.optim.Adam:
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.Adam([weight], lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        (weight**2).sum().backward()
+        opt.step()
+    return opt
+
+
+def test_an_optimizer_state_is_copied_back_into_its_own_tensors() -> None:
+    opt = _adam_after_steps(1)
+    saved = clone_optimizer_state(opt)
+    (state,) = opt.state.values()
+    tensors = dict(state)
+    after_one = {k: v.clone() for k, v in tensors.items()}
+    for _ in range(2):  # what the warm-up and the capture do
+        opt.zero_grad()
+        (opt.param_groups[0]["params"][0] ** 2).sum().backward()
+        opt.step()
+    assert not torch.equal(tensors["exp_avg"], after_one["exp_avg"])
+    restore_optimizer_state(opt, saved)
+    for key, value in tensors.items():
+        assert state[key] is value  # the same tensors: a captured graph holds their addresses
+        assert torch.equal(value, after_one[key])
+
+
+def test_optimizer_state_made_after_the_clone_is_zeroed() -> None:
+    opt = _adam_after_steps(0)
+    saved = clone_optimizer_state(opt)  # a fresh optimiser: no state yet
+    opt.zero_grad()
+    (opt.param_groups[0]["params"][0] ** 2).sum().backward()
+    opt.step()
+    restore_optimizer_state(opt, saved)
+    (state,) = opt.state.values()
+    assert all(not value.any() for value in state.values())
+
+
+def test_a_tensor_learning_rate_is_set_in_place_and_saved_as_a_float() -> None:
+    opt = _adam_after_steps(1)
+    use_tensor_learning_rates([opt], torch.device("cpu"))
+    lr = opt.param_groups[0]["lr"]
+    set_learning_rate([opt], 0.25)
+    assert opt.param_groups[0]["lr"] is lr
+    assert float(lr) == 0.25
+    portable = portable_optimizer_state(opt)
+    assert portable["param_groups"][0]["lr"] == 0.25
+    assert isinstance(portable["param_groups"][0]["lr"], float)
+    fresh = _adam_after_steps(0)
+    fresh.load_state_dict(portable)
+    assert fresh.param_groups[0]["lr"] == 0.25
+
+
+@pytest.mark.gpu
+def test_capturing_the_graphs_leaves_the_training_state_as_it_was(snapshot_dir: Path) -> None:
+    device = torch.device("cuda")
+    cfg = tiny_config(snapshot_dir, device="cuda", cuda_graphs=True)
+    batches, _ = training_data(load_snapshot(snapshot_dir), cfg, device)
+    trainer = Trainer(cfg, batches, device, vgg=load_vgg19_features(cfg.cx_layer, random_weights=True))
+    assert trainer.use_graphs
+    for _ in range(2):  # eager, so that the optimisers hold state before the capture
+        trainer.run_iteration()
+    before = copy.deepcopy(trainer.state_dict())  # state_dict() holds the live tensors
+    rng = torch.cuda.get_rng_state(device)
+    trainer.prepare()
+    after = trainer.state_dict()
+    _assert_same_state(before, after)
+    assert torch.equal(torch.cuda.get_rng_state(device), rng)
+    for _ in range(cfg.n_critic * 2):
+        trainer.run_iteration()
+    assert trainer.iteration == 2 + cfg.n_critic * 2
+    assert all(math.isfinite(v) for v in trainer.flush_stats().values())

@@ -9,13 +9,31 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal, get_args
 
 # crop
 DEFAULT_MARGIN: Final = 0.25
 DEFAULT_SIZE: Final = 128
 MAX_UPSCALE: Final = 2.0
 CASCADE_ENV: Final = "ANIMEXPR_CASCADE"
+
+
+class DetectorName(StrEnum):
+    """The face detectors `crop` and `transform` offer."""
+
+    LBP = "lbp"  # nagadomi's LBP cascade through OpenCV
+    ANIMEFACE = "animeface"  # animeface-2009 (optional extra)
+    COMBINED = "lbp+animeface"  # both, boxes merged: the default where animeface is installed
+    WHOLE = "whole"  # the pictures are face crops already: their centred square
+
+
+ANIMEFACE_INSTALL_HINT: Final = "pip install 'animexpr[animeface]'"
+# No install command here: --help is rich markup, where its [animeface] would read as a style tag.
+DETECTOR_HELP: Final = (
+    "lbp (OpenCV cascade), animeface (animeface-2009: the optional extra `animeface`), "
+    "lbp+animeface (both, boxes merged), or whole (the pictures are face crops already: their centred "
+    "square). Default: lbp+animeface where animeface is installed, else lbp."
+)
 
 
 class FacePolicy(StrEnum):
@@ -43,3 +61,8 @@ STATE_FILTER_NAMES = ("pending", "accepted", "rejected", "decided", "any")
 DEFAULT_TARGET = 11_612  # the paper's 7,306 cleaned faces expanded to 11,612 images
 DEFAULT_MAX_DISTANCE = 8  # differing bits of the 64-bit perceptual hash
 DEFAULT_TEST_FRACTION = 0.1
+
+# How `expand` and `snapshot create --size` share the images out among the classes: proportional keeps each
+# class's share of the originals, equal evens the classes out.
+Balance = Literal["proportional", "equal"]
+BALANCES: tuple[Balance, ...] = get_args(Balance)

@@ -1,4 +1,4 @@
-"""The review queue: leases, decisions as appended events, undo, bulk accept, progress, CSV export and import.
+"""The review queue: filters and orders, leases, decisions as appended events, undo, bulk accept, history.
 
 Every change to a crop's state or label appends one `ReviewEvent` (who, when, decision, state and label before
 and after) in the same transaction that updates the crop row, so the crop's current state is always the
@@ -9,25 +9,25 @@ or the caller's own) and records a lease for each. On SQLite the whole read-then
 BEGIN IMMEDIATE; on PostgreSQL the candidate rows are taken with SELECT ... FOR UPDATE SKIP LOCKED, and the
 lease upsert itself only overwrites an expired lease or the caller's own, so even a race between snapshots
 cannot lease one crop to two reviewers.
+
+This module also holds what the other review modules share (errors, reviewer names, `append_event`) and the
+reviewers' tokens. CSV export and import are in `animexpr.curate.review_csv`, progress and pace in
+`animexpr.curate.review_stats`, the page in `animexpr.curate.review_app`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import itertools
 import logging
 import math
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -46,35 +46,22 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import QueryableAttribute, aliased
 
 from animexpr.curate.defaults import BULK_ACCEPT_REVIEWER, CSV_IMPORT_REVIEWER, DEFAULT_LEASE_SECONDS
 from animexpr.db.locking import lock_for_write
 from animexpr.db.models import MAX_ROW_ID, Crop, CropState, Post, Reviewer, ReviewEvent, ReviewLease, utcnow
 from animexpr.errors import AnimexprError, shown
-from animexpr.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 MAX_ITEMS_PER_REQUEST = 200
 MAX_EXCLUDED_IDS = 5000
-# Gaps between two decisions longer than this are breaks, not the reviewer's pace.
-PACE_BREAK_SECONDS = 120.0
-PACE_WINDOW_EVENTS = 200
-PACE_MIN_DECISIONS = 3
-# A grid page may take this much longer per crop on it before the gap counts as a break.
-PACE_BATCH_ITEM_SECONDS = 5.0
-# The team's ETA counts the reviewers who decided within this many days: one who stopped long ago is no help.
-TEAM_ACTIVE_DAYS = 7
 # The names the command line records its own decisions under: the page and `add-reviewer` cannot take them.
 RESERVED_REVIEWERS = frozenset({BULK_ACCEPT_REVIEWER, CSV_IMPORT_REVIEWER})
-# A whole import is one batch named after the file's content, so a resumed import stays one batch.
-IMPORT_BATCH_PREFIX = "import-"
-IMPORT_COLUMNS = ("crop_id", "sha256", "state", "decision", "label")
-MAX_IMPORT_BYTES = 256 * 1024 * 1024
-_CHUNK = 500
+# Bulk accept locks and writes this many crops per transaction.
+_BULK_CHUNK = 500
 _REVIEWER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,63}$")
-_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 # Strict ASCII numbers: int() and float() also take "1_0", Arabic-Indic digits and the like.
 _ROW_ID_PATTERN = re.compile(r"[0-9]{1,10}", re.ASCII)
 _INTEGER_PATTERN = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
@@ -83,19 +70,6 @@ _DECIMAL_PATTERN = re.compile(
 )
 _INT64 = range(-(2**63), 2**63)
 _Number = TypeVar("_Number", int, float)
-EXPORT_COLUMNS = (
-    "crop_id",
-    "sha256",
-    "post_id",
-    "label",
-    "state",
-    "detection_score",
-    "crop_size",
-    "duplicate_cluster",
-    "reviewer",
-    "decided_at",
-    "file",
-)
 
 
 class ReviewError(AnimexprError):
@@ -120,6 +94,9 @@ class Decision(StrEnum):
     RELABEL = "relabel"  # the label changes and the crop is accepted under its new label
     RESET = "reset"  # back to pending (a CSV import can do this)
     UNDO = "undo"
+    # A crop the reviewer made by hand (animexpr.curate.manual_crop): born outside the dataset (rejected),
+    # this event accepts it, so that undo takes it out again like any other decision.
+    CROP = "crop"
 
 
 class Order(StrEnum):
@@ -187,32 +164,38 @@ class QueueFilter:
     reviewer: str | None = None  # crops this reviewer has decided
 
     def conditions(self) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
-        if len(self.states) == 1:
-            conditions.append(Crop.state == self.states[0])
-        elif set(self.states) != set(CropState):
-            conditions.append(Crop.state.in_(self.states))
-        if len(self.labels) == 1:
-            conditions.append(Crop.label == self.labels[0])
-        elif self.labels:
-            conditions.append(Crop.label.in_(self.labels))
-        if self.min_score is not None:
-            conditions.append(Crop.detection_score >= self.min_score)
-        if self.max_score is not None:
-            conditions.append(Crop.detection_score <= self.max_score)
-        if self.min_size is not None:
-            conditions.append(Crop.crop_size >= self.min_size)
-        if self.max_size is not None:
-            conditions.append(Crop.crop_size <= self.max_size)
+        """The WHERE conditions that select these crops (none for a filter that selects every crop)."""
+        return [
+            *self._state_and_label_conditions(),
+            *_range_conditions(Crop.detection_score, self.min_score, self.max_score),
+            *_range_conditions(Crop.crop_size, self.min_size, self.max_size),
+            *self._cluster_conditions(),
+            *self._reviewer_conditions(),
+        ]
+
+    def _state_and_label_conditions(self) -> list[ColumnElement[bool]]:
+        # Every state is no condition at all; no state at all is one that nothing matches.
+        conditions = [] if set(self.states) == set(CropState) else [_equal_or_in(Crop.state, self.states)]
+        if self.labels:
+            conditions.append(_equal_or_in(Crop.label, self.labels))
+        return conditions
+
+    def _cluster_conditions(self) -> list[ColumnElement[bool]]:
+        conditions = []
         if self.duplicate_cluster is not None:
             conditions.append(Crop.duplicate_cluster == self.duplicate_cluster)
         if self.duplicates_only:
             conditions.append(Crop.duplicate_cluster.is_not(None))
-        if self.reviewer:
-            conditions.append(
-                exists().where(ReviewEvent.crop_id == Crop.id, ReviewEvent.reviewer == self.reviewer)
-            )
         return conditions
+
+    def _reviewer_conditions(self) -> list[ColumnElement[bool]]:
+        if not self.reviewer:
+            return []
+        return [exists().where(ReviewEvent.crop_id == Crop.id, ReviewEvent.reviewer == self.reviewer)]
+
+    def pending_only(self) -> QueueFilter:
+        """The same filter for pending crops only (what bulk accept may change)."""
+        return replace(self, states=(CropState.PENDING,))
 
     @classmethod
     def from_mapping(cls, data: Any, class_names: Sequence[str]) -> QueueFilter:
@@ -250,6 +233,23 @@ class QueueFilter:
             duplicates_only=bool(data.get("duplicates_only")),
             reviewer=check_reviewer(reviewer) if reviewer else None,
         )
+
+
+def _equal_or_in(column: QueryableAttribute[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column = value` for one value (the plainer statement), `column IN (...)` for several."""
+    return column == values[0] if len(values) == 1 else column.in_(values)
+
+
+def _range_conditions(
+    column: QueryableAttribute[Any], low: float | None, high: float | None
+) -> list[ColumnElement[bool]]:
+    """`low <= column <= high`, each bound only where it is given."""
+    conditions = []
+    if low is not None:
+        conditions.append(column >= low)
+    if high is not None:
+        conditions.append(column <= high)
+    return conditions
 
 
 def _labels(value: Any, class_names: Sequence[str]) -> tuple[str, ...]:
@@ -360,33 +360,20 @@ class LeasedCrops:
     by_reviewer: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "until": _iso(self.until), "by_reviewer": self.by_reviewer}
+        return {"count": self.count, "until": iso_utc(self.until), "by_reviewer": self.by_reviewer}
 
 
-@dataclass
-class LineError:
-    line: int
-    message: str
-
-
-@dataclass
-class ImportReport:
-    batch_id: str = ""
-    lines: int = 0
-    applied: int = 0
-    unchanged: int = 0
-    errors: list[LineError] = field(default_factory=list)
-
-
-def _as_utc(moment: datetime | None) -> datetime | None:
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime."""
     # SQLite hands back naive datetimes; everything this project stores is UTC.
     if moment is None:
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    value = _as_utc(moment)
+def iso_utc(moment: datetime | None) -> str | None:
+    """A stored time as ISO 8601 text ending in Z, as the page and the CSV export show it."""
+    value = as_utc(moment)
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -467,8 +454,9 @@ class ReviewQueue:
         self.lease = timedelta(seconds=lease_seconds)
         self.is_postgres = engine.dialect.name == "postgresql"
 
-    def _transaction(self) -> AbstractContextManager[Connection]:
-        """A connection in a transaction that commits when the block ends normally.
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A connection in a transaction that commits when the block ends normally (the CSV import and the
+        statistics work in the queue's transactions too).
 
         The queue writes with Core statements only, so it needs no ORM session (and saves its overhead
         on every key press).
@@ -488,7 +476,7 @@ class ReviewQueue:
         """The next `count` crops for `reviewer`, leased to them; crops leased to others are skipped."""
         now = utcnow()
         query = self.next_query(reviewer, queue_filter or QueueFilter(), order, count, exclude, now)
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             lock_for_write(connection)
             candidates = list(connection.scalars(query))
             leased = self._upsert_leases(connection, candidates, reviewer, now)
@@ -526,7 +514,7 @@ class ReviewQueue:
         ids = list(crop_ids)[:MAX_EXCLUDED_IDS]
         if not ids:
             return 0
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             result = connection.execute(
                 update(ReviewLease)
                 .where(ReviewLease.crop_id.in_(ids), ReviewLease.reviewer == reviewer)
@@ -535,7 +523,7 @@ class ReviewQueue:
             return int(result.rowcount)
 
     def release_leases(self, reviewer: str, crop_ids: Iterable[int] | None = None) -> int:
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             statement = delete(ReviewLease).where(ReviewLease.reviewer == reviewer)
             if crop_ids is not None:
                 statement = statement.where(ReviewLease.crop_id.in_(list(crop_ids)))
@@ -564,7 +552,7 @@ class ReviewQueue:
 
     def decide(self, reviewer: str, crop_id: int, decision: str, label: str | None = None) -> DecisionResult:
         """Accept, reject or relabel (and accept) one crop; stored before this returns."""
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             lock_for_write(connection)
             crop = self._locked_crop(connection, crop_id)
             self._check_lease(connection, reviewer, [crop_id])
@@ -586,7 +574,7 @@ class ReviewQueue:
         batch_id = uuid.uuid4().hex
         results: list[DecisionResult] = []
         skipped: dict[int, str] = {}
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             lock_for_write(connection)
             crops = self._locked_crops(connection, [crop_id for crop_id, _ in wanted])
             taken = self._leased_by_others(connection, reviewer, list(crops))
@@ -611,7 +599,7 @@ class ReviewQueue:
     ) -> DecisionResult:
         state_after, label_after, decision = self._target(crop, decision, label)
         connection.execute(delete(ReviewLease).where(ReviewLease.crop_id == crop.id))
-        return _append_event(connection, reviewer, crop, decision, state_after, label_after, batch_id)
+        return append_event(connection, reviewer, crop, decision, state_after, label_after, batch_id)
 
     def _target(self, crop: CropNow, decision: str, label: str | None) -> tuple[str, str, Decision]:
         match decision:
@@ -638,7 +626,7 @@ class ReviewQueue:
     def _locked_crops(self, connection: Connection, crop_ids: list[int]) -> dict[int, CropNow]:
         if not crop_ids:
             return {}
-        return {crop.id: crop for crop in _crops_now(connection, Crop.id.in_(crop_ids))}
+        return {crop.id: crop for crop in crops_now(connection, Crop.id.in_(crop_ids))}
 
     def _leased_by_others(self, connection: Connection, reviewer: str, crop_ids: list[int]) -> dict[int, str]:
         if not crop_ids:
@@ -665,7 +653,7 @@ class ReviewQueue:
         The crops come back leased to the reviewer so the page can show them again.
         """
         now = utcnow()
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             lock_for_write(connection)
             undoable = _undoable_events(reviewer)
             target = connection.execute(undoable.order_by(ReviewEvent.id.desc()).limit(1)).first()
@@ -689,7 +677,7 @@ class ReviewQueue:
                     )
                     continue
                 results.append(
-                    _append_event(
+                    append_event(
                         connection,
                         reviewer,
                         crop,
@@ -706,7 +694,7 @@ class ReviewQueue:
     # -- reading --------------------------------------------------------------------------------------
 
     def items(self, crop_ids: Sequence[int]) -> list[dict[str, Any]]:
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             return self._items(connection, list(crop_ids))
 
     def item(self, crop_id: int) -> dict[str, Any]:
@@ -735,14 +723,14 @@ class ReviewQueue:
             by_id[row.crop_id]["last_event"] = {
                 "reviewer": row.reviewer,
                 "decision": row.decision,
-                "at": _iso(row.created_at),
+                "at": iso_utc(row.created_at),
             }
         return [by_id[crop_id] for crop_id in crop_ids if crop_id in by_id]
 
     def history(self, reviewer: str, limit: int = 50) -> list[dict[str, Any]]:
         """The crops of the reviewer's latest decisions that still stand, oldest first."""
         limit = max(1, min(int(limit), MAX_ITEMS_PER_REQUEST))
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             recent = connection.execute(
                 _undoable_events(reviewer).order_by(ReviewEvent.id.desc()).limit(limit * 2)
             ).all()
@@ -754,7 +742,7 @@ class ReviewQueue:
 
     def file_relpath(self, crop_id: int, which: str) -> str:
         """The store path of a crop's own image (`crop`) or of its source post's original (`source`)."""
-        with self._transaction() as connection:
+        with self.transaction() as connection:
             if which == "crop":
                 relpath = connection.scalar(select(Crop.file_relpath).where(Crop.id == crop_id))
             else:
@@ -765,60 +753,7 @@ class ReviewQueue:
             raise CropNotFound(f"crop {crop_id} has no {which} image")
         return relpath
 
-    # -- progress -------------------------------------------------------------------------------------
-
-    def stats(self, reviewer: str | None = None) -> dict[str, Any]:
-        """Counts per class and state, decisions per reviewer (with their pace), and the ETA.
-
-        The ETA is at `reviewer`'s pace when one is named (the page shows its reviewer theirs); without one it
-        is at the team's pace: the reviewers who decided in the last TEAM_ACTIVE_DAYS days, reviewing side by
-        side (their rates add up). The command line's own names (bulk accept, CSV import) have no pace.
-        """
-        with self._transaction() as connection:
-            counts = connection.execute(
-                select(Crop.label, Crop.state, func.count()).group_by(Crop.label, Crop.state)
-            )
-            per_class: dict[str, dict[str, int]] = {
-                name: {state.value: 0 for state in CropState} for name in self.class_names
-            }
-            for label, state, count in counts:
-                per_class.setdefault(label, {s.value: 0 for s in CropState})[state] = count
-            rows = connection.execute(
-                select(ReviewEvent.reviewer, func.count(), func.max(ReviewEvent.created_at))
-                .group_by(ReviewEvent.reviewer)
-                .order_by(func.max(ReviewEvent.created_at).desc())
-            ).all()
-            paces: dict[str, float | None] = {
-                name: None if name in RESERVED_REVIEWERS else _pace_seconds(connection, name)
-                for name, _, _ in rows
-            }
-            reviewers = [
-                {"reviewer": name, "events": events, "last_at": _iso(last), "pace_seconds": paces[name]}
-                for name, events, last in rows
-            ]
-            if reviewer:
-                pace = _pace_seconds(connection, reviewer)
-                pace_reviewers = [reviewer] if pace is not None else []
-            else:
-                active_since = utcnow() - timedelta(days=TEAM_ACTIVE_DAYS)
-                recent = {name for name, _, last in rows if (_as_utc(last) or active_since) > active_since}
-                team = {name: value for name, value in paces.items() if value is not None and name in recent}
-                pace = _team_pace(list(team.values()))
-                pace_reviewers = list(team)
-        totals = {state.value: sum(c[state.value] for c in per_class.values()) for state in CropState}
-        classes = {}
-        for name, class_counts in per_class.items():
-            classes[name] = _progress(class_counts, pace)
-        return {
-            "reviewer": reviewer,
-            "pace_seconds": pace,
-            "pace_reviewers": pace_reviewers,
-            "classes": classes,
-            "total": _progress(totals, pace),
-            "reviewers": reviewers,
-        }
-
-    # -- bulk and files -------------------------------------------------------------------------------
+    # -- bulk accept ----------------------------------------------------------------------------------
 
     def bulk_accept(
         self, queue_filter: QueueFilter, reviewer: str = BULK_ACCEPT_REVIEWER, dry_run: bool = False
@@ -826,19 +761,19 @@ class ReviewQueue:
         """Accept every pending crop the filter selects, as `reviewer`, in one batch; crops on someone's
         screen (a live lease) are left alone. Returns how many were (or, dry, would be) accepted."""
         check_reviewer(reviewer)
-        pending_filter = QueueFilter(**{**asdict(queue_filter), "states": (CropState.PENDING,)})
+        pending_filter = queue_filter.pending_only()
         batch_id = uuid.uuid4().hex
         accepted = 0
         last_id = 0
         while True:
-            with self._transaction() as connection:
+            with self.transaction() as connection:
                 lock_for_write(connection)
                 query = (
                     select(*CROP_NOW_COLUMNS)
                     .outerjoin(ReviewLease, ReviewLease.crop_id == Crop.id)
                     .where(*pending_filter.conditions(), _free_for(reviewer, utcnow()), Crop.id > last_id)
                     .order_by(Crop.id)
-                    .limit(_CHUNK)
+                    .limit(_BULK_CHUNK)
                     .with_for_update(of=Crop, skip_locked=True)
                 )
                 crops = list(connection.execute(query))
@@ -849,7 +784,7 @@ class ReviewQueue:
                 if dry_run:
                     continue
                 for crop in crops:
-                    _append_event(
+                    append_event(
                         connection, reviewer, crop, Decision.ACCEPT, CropState.ACCEPTED, crop.label, batch_id
                     )
                 connection.execute(delete(ReviewLease).where(ReviewLease.crop_id.in_([c.id for c in crops])))
@@ -857,8 +792,8 @@ class ReviewQueue:
     def leased_by_others(self, queue_filter: QueueFilter, reviewer: str) -> LeasedCrops:
         """The pending crops the filter selects that live leases of other reviewers hold (bulk accept leaves
         them alone): how many, whose, and until when."""
-        pending_filter = QueueFilter(**{**asdict(queue_filter), "states": (CropState.PENDING,)})
-        with self._transaction() as connection:
+        pending_filter = queue_filter.pending_only()
+        with self.transaction() as connection:
             rows = connection.execute(
                 select(ReviewLease.reviewer, func.count(), func.max(ReviewLease.expires_at))
                 .join(Crop, Crop.id == ReviewLease.crop_id)
@@ -874,243 +809,9 @@ class ReviewQueue:
             return LeasedCrops()
         return LeasedCrops(
             count=sum(count for _, count, _ in rows),
-            until=max(moment for _, _, until in rows if (moment := _as_utc(until)) is not None),
+            until=max(moment for _, _, until in rows if (moment := as_utc(until)) is not None),
             by_reviewer={name: count for name, count, _ in rows},
         )
-
-    def export_csv(self, path: Path, queue_filter: QueueFilter | None = None) -> int:
-        """Write one row per crop (EXPORT_COLUMNS); the file can be read back by `import_csv`."""
-        queue_filter = queue_filter or QueueFilter(states=tuple(CropState))
-        written = 0
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(EXPORT_COLUMNS)
-        with self._transaction() as connection:
-            latest = (
-                select(ReviewEvent.crop_id, func.max(ReviewEvent.id).label("event_id"))
-                .group_by(ReviewEvent.crop_id)
-                .subquery()
-            )
-            query = (
-                select(
-                    Crop.id,
-                    Crop.sha256,
-                    Crop.post_id,
-                    Crop.label,
-                    Crop.state,
-                    Crop.detection_score,
-                    Crop.crop_size,
-                    Crop.duplicate_cluster,
-                    ReviewEvent.reviewer,
-                    ReviewEvent.created_at.label("decided_at"),
-                    Crop.file_relpath,
-                )
-                .outerjoin(latest, latest.c.crop_id == Crop.id)
-                .outerjoin(ReviewEvent, ReviewEvent.id == latest.c.event_id)
-                .where(*queue_filter.conditions())
-                .order_by(Crop.id)
-            )
-            for row in connection.execute(query):
-                writer.writerow(_export_row(row))
-                written += 1
-        atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
-        return written
-
-    def import_csv(
-        self,
-        path: Path,
-        reviewer: str = CSV_IMPORT_REVIEWER,
-        on_commit: Callable[[ImportReport], None] | None = None,
-        chunk_lines: int = _CHUNK,
-    ) -> ImportReport:
-        """Apply the decisions of a CSV (by crop_id or sha256); lines already true change nothing.
-
-        Columns: `crop_id` or `sha256` (both: they must agree), `state` (accepted/rejected/pending) or
-        `decision` (accept/reject/relabel), and an optional `label`. Bad lines are reported by number and
-        the others are still applied. The lines are committed `chunk_lines` at a time (`on_commit` is told
-        after each), all under one batch id made from the file's content (`import_batch_id`): an import
-        that was interrupted and run again is still one batch, and `review undo --reviewer` takes all of it
-        back. A file that cannot be read as UTF-8 CSV is one ReviewError and changes nothing.
-        """
-        check_reviewer(reviewer)
-        data = _read_import_file(path)
-        report = ImportReport(batch_id=import_batch_id(data))
-        parsed: list[tuple[int, _ImportLine]] = []
-        for line_number, row in _import_rows(path, _import_text(path, data)):
-            report.lines += 1
-            try:
-                if isinstance(row, str):
-                    raise ReviewError(row)
-                parsed.append((line_number, self._parse_import_line(row)))
-            except ReviewError as exc:
-                report.errors.append(LineError(line_number, str(exc)))
-        for start in range(0, len(parsed), max(1, chunk_lines)):
-            with self._transaction() as connection:
-                lock_for_write(connection)
-                for line_number, line in parsed[start : start + max(1, chunk_lines)]:
-                    try:
-                        self._apply_import_line(connection, reviewer, line, report.batch_id, report)
-                    except ReviewError as exc:
-                        report.errors.append(LineError(line_number, str(exc)))
-            if on_commit is not None:
-                on_commit(report)
-        report.errors.sort(key=lambda error: error.line)
-        return report
-
-    def _parse_import_line(self, row: dict[str, str]) -> _ImportLine:
-        crop_id_text = (row.get("crop_id") or "").strip()
-        sha256 = (row.get("sha256") or "").strip().lower()
-        if not crop_id_text and not sha256:
-            raise ReviewError("no crop_id and no sha256")
-        crop_id = None
-        if crop_id_text:
-            crop_id = parse_row_id(crop_id_text)
-            if crop_id is None:
-                raise ReviewError(
-                    f"crop_id {shown(crop_id_text)} is not a crop id (a whole number from 1 to {MAX_ROW_ID})"
-                )
-        if sha256 and not _SHA256_PATTERN.match(sha256):
-            raise ReviewError(f"sha256 {shown(sha256)} is not 64 hex digits")
-        label = (row.get("label") or "").strip() or None
-        if label is not None:
-            check_label(label, self.class_names)
-        state = _import_state((row.get("state") or row.get("decision") or "").strip().lower())
-        if state is None:
-            raise ReviewError(
-                "state must be accepted, rejected or pending (or decision accept/reject/relabel)"
-            )
-        return _ImportLine(crop_id, sha256 or None, state, label)
-
-    def _apply_import_line(
-        self, connection: Connection, reviewer: str, line: _ImportLine, batch_id: str, report: ImportReport
-    ) -> None:
-        if line.crop_id is not None:
-            crops = _crops_now(connection, Crop.id == line.crop_id)
-            if not crops:
-                raise ReviewError(f"no crop with id {line.crop_id}")
-            if line.sha256 and crops[0].sha256 != line.sha256:
-                raise ReviewError(
-                    f"crop {line.crop_id} has sha256 {crops[0].sha256[:12]}..., not {line.sha256[:12]}..."
-                )
-        else:
-            crops = _crops_now(connection, Crop.sha256 == line.sha256)
-            if not crops:
-                raise ReviewError(f"no crop with sha256 {line.sha256}")
-        for crop in crops:
-            label_after = line.label or crop.label
-            if (crop.state, crop.label) == (line.state, label_after):
-                report.unchanged += 1
-                continue
-            _append_event(
-                connection,
-                reviewer,
-                crop,
-                _import_decision(crop, line.state, label_after),
-                line.state,
-                label_after,
-                batch_id,
-            )
-            report.applied += 1
-
-
-@dataclass(frozen=True)
-class _ImportLine:
-    crop_id: int | None
-    sha256: str | None
-    state: str
-    label: str | None
-
-
-def _import_state(value: str) -> str | None:
-    return {
-        "accepted": CropState.ACCEPTED,
-        "accept": CropState.ACCEPTED,
-        "relabel": CropState.ACCEPTED,
-        "rejected": CropState.REJECTED,
-        "reject": CropState.REJECTED,
-        "pending": CropState.PENDING,
-        "reset": CropState.PENDING,
-    }.get(value)
-
-
-def _import_decision(crop: CropNow, state_after: str, label_after: str) -> Decision:
-    if state_after == CropState.PENDING:
-        return Decision.RESET
-    if state_after == CropState.REJECTED:
-        return Decision.REJECT
-    return Decision.ACCEPT if label_after == crop.label else Decision.RELABEL
-
-
-def import_batch_id(data: bytes) -> str:
-    """An import's batch id: "import-" and the first 25 hex digits of the file's sha256 (32 characters)."""
-    return IMPORT_BATCH_PREFIX + hashlib.sha256(data).hexdigest()[:25]
-
-
-def _read_import_file(path: Path) -> bytes:
-    if path.is_dir():
-        raise ReviewError(f"{path} is a folder, not a CSV file")
-    if not path.exists():
-        raise ReviewError(f"{path}: no such file")
-    if not path.is_file():
-        raise ReviewError(f"{path} is not a regular file")
-    try:
-        if path.stat().st_size > MAX_IMPORT_BYTES:
-            raise ReviewError(f"{path} is larger than {MAX_IMPORT_BYTES // 2**20} MiB; split it")
-        return path.read_bytes()
-    except OSError as exc:
-        raise ReviewError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-
-
-def _import_text(path: Path, data: bytes) -> str:
-    """The file as text: UTF-8 (with or without a byte order mark), else one error for the whole file."""
-    if b"\x00" in data:
-        raise ReviewError(f"{path} holds NUL bytes (UTF-16?): save it as UTF-8 CSV")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ReviewError(
-            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): save it as UTF-8 CSV"
-        ) from None
-
-
-def _import_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str] | str]]:
-    """(line number, the row by lower-case column name) per non-empty line, or a message for a bad one."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, [])
-    except csv.Error as exc:
-        raise ReviewError(f"{path}:1: {_csv_problem(exc)}") from None
-    columns = [name.strip().lower() for name in header]
-    if not set(columns) & {"crop_id", "sha256"} or not set(columns) & {"state", "decision"}:
-        raise ReviewError(
-            f"{path}: the first line must name the columns: crop_id or sha256, and state or decision"
-        )
-    for name in IMPORT_COLUMNS:
-        if columns.count(name) > 1:
-            raise ReviewError(f"{path}:1: the column {name!r} is named twice; which one counts is unclear")
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield reader.line_num, _csv_problem(exc)
-            continue
-        if any(value.strip() for value in row):
-            yield reader.line_num, {name: value for name, value in zip(columns, row, strict=False) if name}
-
-
-def _csv_problem(exc: csv.Error) -> str:
-    if "field limit" in str(exc):
-        return f"a field is longer than {csv.field_size_limit()} characters"
-    return f"not a CSV line ({exc})"
-
-
-def _export_row(row: Any) -> list[Any]:
-    """One CSV line (EXPORT_COLUMNS) from a row of the export query; empty fields for missing values."""
-    values = {**row._mapping, "decided_at": _iso(row.decided_at), "file": row.file_relpath, "crop_id": row.id}
-    return ["" if values[name] is None else values[name] for name in EXPORT_COLUMNS]
 
 
 def _free_for(reviewer: str, now: datetime) -> ColumnElement[bool]:
@@ -1141,13 +842,13 @@ def _undoable_events(reviewer: str) -> Select[Any]:
     )
 
 
-def _crops_now(connection: Connection, condition: ColumnElement[bool]) -> list[CropNow]:
+def crops_now(connection: Connection, condition: ColumnElement[bool]) -> list[CropNow]:
     """Id, state, label and hash of the crops matching `condition`, read fresh and row-locked."""
     query = select(*CROP_NOW_COLUMNS).where(condition).order_by(Crop.id).with_for_update(of=Crop)
     return list(connection.execute(query))
 
 
-def _append_event(
+def append_event(
     connection: Connection,
     reviewer: str,
     crop: CropNow,
@@ -1195,57 +896,6 @@ def _append_event(
     )
 
 
-def _pace_seconds(connection: Connection, reviewer: str) -> float | None:
-    """Seconds per crop over the reviewer's recent decisions, breaks left out; None until there are a few.
-
-    A grid page is one moment that decided many crops: the time since the moment before is spread over all
-    of them (and may be longer before it counts as a break). Undo events are not decisions.
-    """
-    rows = connection.execute(
-        select(ReviewEvent.created_at, ReviewEvent.batch_id)
-        .where(ReviewEvent.reviewer == reviewer, ReviewEvent.decision != Decision.UNDO)
-        .order_by(ReviewEvent.id.desc())
-        .limit(PACE_WINDOW_EVENTS)
-    ).all()
-    moments: list[tuple[datetime, int]] = []  # newest first: (when, crops decided then)
-    previous_batch: str | None = None
-    for created_at, batch_id in rows:
-        when = _as_utc(created_at)
-        assert when is not None
-        if batch_id is not None and batch_id == previous_batch:
-            moments[-1] = (max(moments[-1][0], when), moments[-1][1] + 1)
-        else:
-            moments.append((when, 1))
-        previous_batch = batch_id
-    active_seconds = 0.0
-    decided = 0
-    for (newer, crops), (older, _) in itertools.pairwise(moments):
-        gap = (newer - older).total_seconds()
-        if 0 <= gap <= PACE_BREAK_SECONDS + PACE_BATCH_ITEM_SECONDS * (crops - 1):
-            active_seconds += gap
-            decided += crops
-    if decided < PACE_MIN_DECISIONS:
-        return None
-    return round(active_seconds / decided, 3)
-
-
-def _team_pace(paces: list[float]) -> float | None:
-    """Seconds per crop of reviewers working side by side: their crops per second add up."""
-    rates = [1.0 / pace for pace in paces if pace > 0]
-    return round(1.0 / sum(rates), 3) if rates else None
-
-
-def _progress(counts: dict[str, int], pace: float | None) -> dict[str, Any]:
-    total = sum(counts.values())
-    pending = counts.get(CropState.PENDING, 0)
-    return {
-        **counts,
-        "total": total,
-        "done": total - pending,
-        "eta_seconds": round(pending * pace) if pace is not None else None,
-    }
-
-
 # -- reviewers with tokens of their own -------------------------------------------------------------------
 
 
@@ -1282,7 +932,7 @@ class ReviewerTokens:
     def names(self) -> list[tuple[str, datetime]]:
         with self.engine.connect() as connection:
             rows = connection.execute(select(Reviewer.name, Reviewer.created_at).order_by(Reviewer.name))
-            return [(name, cast(datetime, _as_utc(created_at))) for name, created_at in rows]
+            return [(name, cast(datetime, as_utc(created_at))) for name, created_at in rows]
 
     def any(self) -> bool:
         with self.engine.connect() as connection:

@@ -14,8 +14,8 @@ Safety, in the order the guard applies it:
 - State changes are POSTs with a JSON body and an Origin equal to the page's own (or a bearer token).
 - Bodies are read chunk by chunk and refused (413) as soon as they pass the limit; every number a client
   sends is checked to be a row id or a 64-bit value before it reaches the database.
-- Images are looked up by crop id in the database; no part of a request path reaches the file system, and
-  the page's own three files are read into memory at start-up.
+- Images are looked up by crop id (or, for a post's original, by post id) in the database; no part of a
+  request path reaches the file system, and the page's own files are read into memory at start-up.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import json
 import logging
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 from sqlalchemy import Engine
@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from animexpr.config import Settings
 from animexpr.curate.defaults import DEFAULT_GRID_SIZE
+from animexpr.curate.manual_crop import ManualCropper, PostNotFound, min_square_side, parse_box
 from animexpr.curate.review import (
     DEFAULT_LEASE_SECONDS,
     STATE_FILTERS,
@@ -64,6 +65,7 @@ from animexpr.curate.review import (
     parse_row_id,
     token_sha256,
 )
+from animexpr.curate.review_stats import queue_stats
 from animexpr.db.models import MAX_ROW_ID
 from animexpr.store import FileStore
 
@@ -79,6 +81,7 @@ STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "login.html": "text/html; charset=utf-8",
     "review.js": "text/javascript; charset=utf-8",
+    "hand.js": "text/javascript; charset=utf-8",
     "review.css": "text/css; charset=utf-8",
 }
 IMAGE_TYPES = {
@@ -326,6 +329,21 @@ def _path_crop_id(request: Request) -> int:
     return crop_id
 
 
+def _path_post_id(request: Request) -> int:
+    post_id = parse_row_id(request.path_params["post_id"])
+    if post_id is None:
+        raise PostNotFound(f"no such post: post ids are whole numbers from 1 to {MAX_ROW_ID}")
+    return post_id
+
+
+def _image_response(path: Path, missing: str) -> Response:
+    """A stored image file (its store path names one content: crops by hash, originals by post md5)."""
+    if not path.is_file():
+        return _error(404, missing)
+    media_type = IMAGE_TYPES.get(path.suffix.lower().lstrip("."), "application/octet-stream")
+    return FileResponse(path, media_type=media_type, headers={"cache-control": "private, max-age=86400"})
+
+
 def _query_limit(request: Request, default: int) -> int:
     text = request.query_params.get("limit", str(default))
     if not (text.isascii() and text.isdigit() and len(text) <= 6):
@@ -341,6 +359,255 @@ def _count(value: Any) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class ReviewContext:
+    """What the endpoints share, kept on `app.state.review` (Starlette's place for an app's own objects)."""
+
+    config: ReviewAppConfig
+    class_names: tuple[str, ...]
+    queue: ReviewQueue
+    store: FileStore
+    cropper: ManualCropper
+    static: dict[str, bytes]
+    identities: Identities | None  # None: no token mode
+
+
+def _context(request: Request) -> ReviewContext:
+    return cast(ReviewContext, request.app.state.review)
+
+
+def reviewer_of(request: Request) -> str:
+    context = _context(request)
+    if context.identities is not None:
+        return str(request.state.reviewer)  # set by the guard from the token; headers do not count
+    name = request.headers.get("x-reviewer", "").strip()
+    return check_page_reviewer(name) if name else context.config.reviewer
+
+
+# Pages and login ----------------------------------------------------------------------------------------
+
+
+async def page(request: Request) -> Response:
+    return Response(_context(request).static["index.html"], media_type=STATIC_FILES["index.html"])
+
+
+async def static_file(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in STATIC_FILES or name == "index.html":
+        return _error(404, "not found")
+    content = _context(request).static[name]
+    return Response(content, media_type=STATIC_FILES[name], headers={"cache-control": "no-cache"})
+
+
+async def login(request: Request) -> Response:
+    context = _context(request)
+    identities = context.identities
+    if identities is None:
+        return RedirectResponse("/", status_code=303)
+    if request.method == "GET":
+        return Response(context.static["login.html"], media_type=STATIC_FILES["login.html"])
+    body = (await read_body(request, MAX_LOGIN_BYTES)).decode("ascii", "replace")
+    # Browsers send the form UTF-8 encoded; a byte that is not UTF-8 can only make a wrong token.
+    given = parse_qs(body, encoding="utf-8", errors="replace").get("token", [""])[0]
+    owner = await run_in_threadpool(identities.reviewer_for_token, given.encode("utf-8"))
+    if owner is None:
+        log.warning(
+            "a wrong review token was entered from %s", request.client.host if request.client else "?"
+        )
+        failed = context.static["login.html"].replace(
+            b"<!--message-->", b'<p class="login-error">Wrong token.</p>'
+        )
+        return Response(failed, status_code=401, media_type=STATIC_FILES["login.html"])
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE, identities.cookie_for(*owner), httponly=True, samesite="strict", path="/"
+    )
+    return response
+
+
+async def no_icon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
+# The queue ----------------------------------------------------------------------------------------------
+
+
+async def app_config(request: Request) -> Response:
+    context = _context(request)
+    return _json(
+        {
+            "reviewer": reviewer_of(request),
+            "reviewer_from_token": context.identities is not None,
+            "classes": list(context.class_names),
+            "orders": [order.value for order in Order],
+            "default_order": Order.WORST_FIRST.value,
+            "states": list(STATE_FILTERS),
+            "grid_size": context.config.grid_size,
+            "lease_seconds": context.config.lease_seconds,
+        }
+    )
+
+
+async def next_items(request: Request) -> Response:
+    context = _context(request)
+    body = await _json_body(request)
+    queue_filter = QueueFilter.from_mapping(body.get("filter") or {}, context.class_names)
+    items = await run_in_threadpool(
+        context.queue.lease_next,
+        reviewer_of(request),
+        queue_filter,
+        parse_order(body.get("order")),
+        _count(body.get("count")),
+        _ids(body.get("exclude"), "exclude"),
+    )
+    return _json({"items": items})
+
+
+async def decide(request: Request) -> Response:
+    body = await _json_body(request)
+    crop_id = _crop_id(body.get("crop_id"))
+    label = body.get("label")
+    result = await run_in_threadpool(
+        _context(request).queue.decide, reviewer_of(request), crop_id, str(body.get("decision")), label
+    )
+    return _json({"result": result.to_dict()})
+
+
+async def decide_page(request: Request) -> Response:
+    body = await _json_body(request)
+    results, skipped = await run_in_threadpool(
+        _context(request).queue.decide_page,
+        reviewer_of(request),
+        _ids(body.get("accept"), "accept"),
+        _ids(body.get("reject"), "reject"),
+    )
+    return _json(
+        {
+            "results": [result.to_dict() for result in results],
+            "skipped": {str(crop_id): why for crop_id, why in skipped.items()},
+        }
+    )
+
+
+async def undo(request: Request) -> Response:
+    queue = _context(request).queue
+    await _json_body(request)
+    results = await run_in_threadpool(queue.undo_last, reviewer_of(request))
+    items = await run_in_threadpool(queue.items, [result.crop_id for result in results])
+    return _json({"results": [result.to_dict() for result in results], "items": items})
+
+
+async def renew(request: Request) -> Response:
+    body = await _json_body(request)
+    renewed = await run_in_threadpool(
+        _context(request).queue.renew_leases, reviewer_of(request), _ids(body.get("crop_ids"), "crop_ids")
+    )
+    return _json({"renewed": renewed})
+
+
+async def stats(request: Request) -> Response:
+    return _json(await run_in_threadpool(queue_stats, _context(request).queue, reviewer_of(request)))
+
+
+async def history(request: Request) -> Response:
+    limit = _query_limit(request, 50)
+    items = await run_in_threadpool(_context(request).queue.history, reviewer_of(request), limit)
+    return _json({"items": items})
+
+
+async def item(request: Request) -> Response:
+    return _json(await run_in_threadpool(_context(request).queue.item, _path_crop_id(request)))
+
+
+async def crop_image(request: Request) -> Response:
+    return await _crop_file(request, "crop")
+
+
+async def crop_source(request: Request) -> Response:
+    return await _crop_file(request, "source")
+
+
+async def _crop_file(request: Request, which: str) -> Response:
+    context = _context(request)
+    relpath = await run_in_threadpool(context.queue.file_relpath, _path_crop_id(request), which)
+    return _image_response(
+        context.store.abspath(relpath), f"the {which} image is missing from the store ({relpath})"
+    )
+
+
+# Crops by hand ------------------------------------------------------------------------------------------
+
+
+async def manual_next(request: Request) -> Response:
+    cropper = _context(request).cropper
+    body = await _json_body(request)
+    posts = await run_in_threadpool(
+        cropper.needing_crops, _count(body.get("count")), _ids(body.get("exclude"), "exclude")
+    )
+    crop_px = await run_in_threadpool(cropper.crop_size)
+    return _json({"posts": posts, "crop_px": crop_px, "min_side": min_square_side(crop_px)})
+
+
+async def post_original(request: Request) -> Response:
+    path = await run_in_threadpool(_context(request).cropper.original_path, _path_post_id(request))
+    return _image_response(path, "the post's original is missing from the store")
+
+
+async def post_candidates(request: Request) -> Response:
+    return _json(await run_in_threadpool(_context(request).cropper.candidates, _path_post_id(request)))
+
+
+async def manual_crop(request: Request) -> Response:
+    context = _context(request)
+    body = await _json_body(request)
+    box = parse_box(body)
+    result = await run_in_threadpool(context.cropper.crop, box, reviewer_of(request))
+    [crop] = await run_in_threadpool(context.queue.items, [result.crop_id])
+    return _json({**result.to_dict(), "item": crop})
+
+
+# Errors -------------------------------------------------------------------------------------------------
+
+
+async def review_error(request: Request, exc: Exception) -> Response:
+    status = 400
+    if isinstance(exc, CropNotFound | PostNotFound):
+        status = 404
+    elif isinstance(exc, LeaseConflict):
+        status = 409
+    elif isinstance(exc, ReservedReviewer):
+        status = 403
+    return _error(status, str(exc))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, str(exc.detail))
+
+
+ROUTES = [
+    Route("/", page),
+    Route("/favicon.ico", no_icon),
+    Route("/static/{name}", static_file),
+    Route("/login", login, methods=["GET", "POST"]),
+    Route("/api/config", app_config),
+    Route("/api/next", next_items, methods=["POST"]),
+    Route("/api/decide", decide, methods=["POST"]),
+    Route("/api/grid", decide_page, methods=["POST"]),
+    Route("/api/undo", undo, methods=["POST"]),
+    Route("/api/renew", renew, methods=["POST"]),
+    Route("/api/stats", stats),
+    Route("/api/history", history),
+    Route("/api/crops/{crop_id}", item),
+    Route("/api/crops/{crop_id}/image", crop_image),
+    Route("/api/crops/{crop_id}/source", crop_source),
+    Route("/api/manual/next", manual_next, methods=["POST"]),
+    Route("/api/manual/crop", manual_crop, methods=["POST"]),
+    Route("/api/posts/{post_id}/original", post_original),
+    Route("/api/posts/{post_id}/candidates", post_candidates),
+]
+
+
 def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> Starlette:
     """The review app over one database and store; `config.reviewer` is the default reviewer name.
 
@@ -351,180 +618,25 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
     if config.token is not None and not config.token:
         # An empty token would make "Authorization: Bearer " a valid login.
         config = dataclasses.replace(config, token=None)
-    queue = ReviewQueue(engine, settings.class_names, config.lease_seconds)
     store = FileStore(settings.home)
-    static = _load_static()
     tokens = ReviewerTokens(engine)
     identities = (
         Identities(tokens, config.reviewer, config.token)
         if config.token is not None or tokens.any()
         else None
     )
-
-    def reviewer_of(request: Request) -> str:
-        if identities is not None:
-            return str(request.state.reviewer)  # set by the guard from the token; headers do not count
-        name = request.headers.get("x-reviewer", "").strip()
-        return check_page_reviewer(name) if name else config.reviewer
-
-    async def page(request: Request) -> Response:
-        return Response(static["index.html"], media_type=STATIC_FILES["index.html"])
-
-    async def static_file(request: Request) -> Response:
-        name = request.path_params["name"]
-        if name not in STATIC_FILES or name == "index.html":
-            return _error(404, "not found")
-        return Response(static[name], media_type=STATIC_FILES[name], headers={"cache-control": "no-cache"})
-
-    async def login(request: Request) -> Response:
-        if identities is None:
-            return RedirectResponse("/", status_code=303)
-        if request.method == "GET":
-            return Response(static["login.html"], media_type=STATIC_FILES["login.html"])
-        body = (await read_body(request, MAX_LOGIN_BYTES)).decode("ascii", "replace")
-        # Browsers send the form UTF-8 encoded; a byte that is not UTF-8 can only make a wrong token.
-        given = parse_qs(body, encoding="utf-8", errors="replace").get("token", [""])[0]
-        owner = await run_in_threadpool(identities.reviewer_for_token, given.encode("utf-8"))
-        if owner is None:
-            log.warning(
-                "a wrong review token was entered from %s", request.client.host if request.client else "?"
-            )
-            failed = static["login.html"].replace(
-                b"<!--message-->", b'<p class="login-error">Wrong token.</p>'
-            )
-            return Response(failed, status_code=401, media_type=STATIC_FILES["login.html"])
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE, identities.cookie_for(*owner), httponly=True, samesite="strict", path="/"
-        )
-        return response
-
-    async def app_config(request: Request) -> Response:
-        return _json(
-            {
-                "reviewer": reviewer_of(request),
-                "reviewer_from_token": identities is not None,
-                "classes": list(settings.class_names),
-                "orders": [order.value for order in Order],
-                "default_order": Order.WORST_FIRST.value,
-                "states": list(STATE_FILTERS),
-                "grid_size": config.grid_size,
-                "lease_seconds": config.lease_seconds,
-            }
-        )
-
-    async def next_items(request: Request) -> Response:
-        body = await _json_body(request)
-        queue_filter = QueueFilter.from_mapping(body.get("filter") or {}, settings.class_names)
-        items = await run_in_threadpool(
-            queue.lease_next,
-            reviewer_of(request),
-            queue_filter,
-            parse_order(body.get("order")),
-            _count(body.get("count")),
-            _ids(body.get("exclude"), "exclude"),
-        )
-        return _json({"items": items})
-
-    async def decide(request: Request) -> Response:
-        body = await _json_body(request)
-        crop_id = _crop_id(body.get("crop_id"))
-        label = body.get("label")
-        result = await run_in_threadpool(
-            queue.decide, reviewer_of(request), crop_id, str(body.get("decision")), label
-        )
-        return _json({"result": result.to_dict()})
-
-    async def decide_page(request: Request) -> Response:
-        body = await _json_body(request)
-        results, skipped = await run_in_threadpool(
-            queue.decide_page,
-            reviewer_of(request),
-            _ids(body.get("accept"), "accept"),
-            _ids(body.get("reject"), "reject"),
-        )
-        return _json(
-            {
-                "results": [result.to_dict() for result in results],
-                "skipped": {str(crop_id): why for crop_id, why in skipped.items()},
-            }
-        )
-
-    async def undo(request: Request) -> Response:
-        await _json_body(request)
-        results = await run_in_threadpool(queue.undo_last, reviewer_of(request))
-        items = await run_in_threadpool(queue.items, [result.crop_id for result in results])
-        return _json({"results": [result.to_dict() for result in results], "items": items})
-
-    async def renew(request: Request) -> Response:
-        body = await _json_body(request)
-        renewed = await run_in_threadpool(
-            queue.renew_leases, reviewer_of(request), _ids(body.get("crop_ids"), "crop_ids")
-        )
-        return _json({"renewed": renewed})
-
-    async def stats(request: Request) -> Response:
-        return _json(await run_in_threadpool(queue.stats, reviewer_of(request)))
-
-    async def history(request: Request) -> Response:
-        limit = _query_limit(request, 50)
-        items = await run_in_threadpool(queue.history, reviewer_of(request), limit)
-        return _json({"items": items})
-
-    async def item(request: Request) -> Response:
-        return _json(await run_in_threadpool(queue.item, _path_crop_id(request)))
-
-    def image_endpoint(which: str) -> Callable[[Request], Awaitable[Response]]:
-        async def image(request: Request) -> Response:
-            relpath = await run_in_threadpool(queue.file_relpath, _path_crop_id(request), which)
-            path = store.abspath(relpath)
-            if not path.is_file():
-                return _error(404, f"the {which} image is missing from the store ({relpath})")
-            media_type = IMAGE_TYPES.get(path.suffix.lower().lstrip("."), "application/octet-stream")
-            # A crop id always names the same content-addressed file.
-            return FileResponse(
-                path, media_type=media_type, headers={"cache-control": "private, max-age=86400"}
-            )
-
-        return image
-
-    async def review_error(request: Request, exc: Exception) -> Response:
-        status = 400
-        if isinstance(exc, CropNotFound):
-            status = 404
-        elif isinstance(exc, LeaseConflict):
-            status = 409
-        elif isinstance(exc, ReservedReviewer):
-            status = 403
-        return _error(status, str(exc))
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, str(exc.detail))
-
-    async def no_icon(request: Request) -> Response:
-        return Response(status_code=204)
-
-    routes = [
-        Route("/", page),
-        Route("/favicon.ico", no_icon),
-        Route("/static/{name}", static_file),
-        Route("/login", login, methods=["GET", "POST"]),
-        Route("/api/config", app_config),
-        Route("/api/next", next_items, methods=["POST"]),
-        Route("/api/decide", decide, methods=["POST"]),
-        Route("/api/grid", decide_page, methods=["POST"]),
-        Route("/api/undo", undo, methods=["POST"]),
-        Route("/api/renew", renew, methods=["POST"]),
-        Route("/api/stats", stats),
-        Route("/api/history", history),
-        Route("/api/crops/{crop_id}", item),
-        Route("/api/crops/{crop_id}/image", image_endpoint("crop")),
-        Route("/api/crops/{crop_id}/source", image_endpoint("source")),
-    ]
     app = Starlette(
-        routes=routes,
+        routes=ROUTES,
         exception_handlers={ReviewError: review_error, HTTPException: http_error},
+    )
+    app.state.review = ReviewContext(
+        config=config,
+        class_names=tuple(settings.class_names),
+        queue=ReviewQueue(engine, settings.class_names, config.lease_seconds),
+        store=store,
+        cropper=ManualCropper(engine, store, settings.class_names),
+        static=_load_static(),
+        identities=identities,
     )
     app.add_middleware(GuardMiddleware, identities=identities)
     return app

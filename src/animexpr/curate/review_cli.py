@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from animexpr.cli_common import console, err_console, get_state
+from animexpr.cli_common import choices, console, err_console, get_state, print_json
 from animexpr.curate.defaults import (
     BULK_ACCEPT_REVIEWER,
     CSV_IMPORT_REVIEWER,
@@ -22,7 +22,9 @@ from animexpr.curate.defaults import (
 )
 
 if TYPE_CHECKING:
+    from animexpr.curate.manual_crop import ManualCropResult
     from animexpr.curate.review import LeasedCrops
+    from animexpr.curate.review_csv import LineError
 
 
 review_app = typer.Typer(
@@ -188,10 +190,11 @@ def stats(
 ) -> None:
     """Progress per class, decisions and pace per reviewer, and the ETA at the reviewers' recorded pace."""
     from animexpr.curate.review import ReviewQueue, check_reviewer
+    from animexpr.curate.review_stats import queue_stats
 
     state = get_state(ctx)
     queue = ReviewQueue(state.engine, state.settings.class_names)
-    report = queue.stats(check_reviewer(reviewer) if reviewer else None)
+    report = queue_stats(queue, check_reviewer(reviewer) if reviewer else None)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -217,7 +220,7 @@ def stats(
 
 def _pace_line(report: dict[str, Any]) -> str:
     """Whose pace the ETA is at, in words."""
-    from animexpr.curate.review import TEAM_ACTIVE_DAYS
+    from animexpr.curate.review_stats import TEAM_ACTIVE_DAYS
 
     pace = report["pace_seconds"]
     who = report["reviewer"]
@@ -246,22 +249,27 @@ def _duration(seconds: Any) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
+if TYPE_CHECKING:
+    StateFilterName = str
+else:
+    StateFilterName = choices(STATE_FILTER_NAMES)  # the names of the queue's STATE_FILTERS
+
+
 @review_app.command("export")
 def export(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="CSV file to write (replaced atomically).", dir_okay=False)],
-    state_name: Annotated[
-        str, typer.Option("--state", help=f"Which crops: {', '.join(STATE_FILTER_NAMES)}.")
-    ] = "any",
+    state_name: Annotated[StateFilterName, typer.Option("--state", help="Which crops.")] = "any",
     label: Annotated[str | None, typer.Option(help="Only this class.", show_default=False)] = None,
 ) -> None:
     """Write one line per crop: id, hash, post, label, state, score, size, cluster, last reviewer, file."""
     from animexpr.curate.review import QueueFilter, ReviewQueue
+    from animexpr.curate.review_csv import export_csv
 
     state = get_state(ctx)
     queue = ReviewQueue(state.engine, state.settings.class_names)
     queue_filter = QueueFilter.from_mapping({"state": state_name, "label": label}, state.settings.class_names)
-    written = queue.export_csv(file, queue_filter)
+    written = export_csv(queue, file, queue_filter)
     console.print(f"wrote {written} crops to {file}")
 
 
@@ -281,14 +289,12 @@ def import_(
     are applied all the same.
     """
     from animexpr.curate.review import ReviewQueue, check_reviewer
+    from animexpr.curate.review_csv import import_csv
 
     state = get_state(ctx)
     queue = ReviewQueue(state.engine, state.settings.class_names)
-    report = queue.import_csv(file, check_reviewer(reviewer))
-    for error in report.errors[:100]:
-        err_console.print(f"{file}:{error.line}: {error.message}", highlight=False, soft_wrap=True)
-    if len(report.errors) > 100:
-        err_console.print(f"... and {len(report.errors) - 100} more bad lines")
+    report = import_csv(queue, file, check_reviewer(reviewer))
+    _print_line_errors(file, report.errors)
     console.print(
         f"{report.lines} lines: {report.applied} decisions applied, {report.unchanged} already so, "
         f"{len(report.errors)} bad lines (batch {report.batch_id})"
@@ -334,6 +340,14 @@ def accept(
         console.print(_leased_line(leased), highlight=False)
 
 
+def _print_line_errors(file: Path | None, errors: list[LineError], most: int = 100) -> None:
+    """The bad lines of a CSV, one per line on standard error (the first `most` of them)."""
+    for error in errors[:most]:
+        err_console.print(f"{file}:{error.line}: {error.message}", highlight=False, soft_wrap=True)
+    if len(errors) > most:
+        err_console.print(f"... and {len(errors) - most} more bad lines")
+
+
 def _leased_line(leased: LeasedCrops) -> str:
     """Why some matching crops were left alone: review pages hold them (a closed page's until it runs out)."""
     from datetime import UTC, datetime
@@ -362,6 +376,72 @@ def undo(ctx: typer.Context, reviewer: ReviewerOption = None) -> None:
     crops = ", ".join(str(result.crop_id) for result in results[:10])
     more = f" and {len(results) - 10} more" if len(results) > 10 else ""
     console.print(f"undid {len(results)} decisions of {name} (crops {crops}{more})")
+
+
+def crop_by_hand(
+    ctx: typer.Context,
+    box: tuple[int, int, int, int] | None,
+    boxes_file: Path | None,
+    reviewer: str | None,
+    size: int | None,
+    as_json: bool = False,
+) -> None:
+    """`animexpr crop --box POST X Y S` / `--boxes FILE.csv`: hand crops, accepted at once as the reviewer.
+
+    `size` is the crop side asked for on the command line (None: that of the store's latest detected crop).
+    """
+    from animexpr.curate.manual_crop import ManualBox, ManualCropError, ManualCropper, read_boxes_csv
+    from animexpr.curate.review import check_reviewer
+
+    if box is not None and boxes_file is not None:
+        raise ManualCropError("crop: give either --box or --boxes, not both")
+    state = get_state(ctx)
+    name = check_reviewer(reviewer or default_reviewer())
+    cropper = ManualCropper(state.engine, state.store, state.settings.class_names)
+    results: list[ManualCropResult]
+    errors: list[LineError] = []
+    if box is not None:
+        results, lines = [cropper.crop(ManualBox(*box), name, size)], 1
+    else:
+        assert boxes_file is not None
+        parsed, errors = read_boxes_csv(boxes_file)
+        report = cropper.crop_many(parsed, name, size)
+        results, lines = report.results, report.lines + len(errors)
+        errors = sorted([*errors, *report.errors], key=lambda error: error.line)
+    if as_json:
+        print_json(
+            {
+                "reviewer": name,
+                "lines": lines,
+                "crops": [result.to_dict() for result in results],
+                "errors": [{"line": error.line, "message": error.message} for error in errors],
+            }
+        )
+    else:
+        _print_hand_crops(results, errors, boxes_file, name)
+    if errors:
+        raise typer.Exit(1)
+
+
+def _print_hand_crops(
+    results: list[ManualCropResult], errors: list[LineError], boxes_file: Path | None, reviewer: str
+) -> None:
+    _print_line_errors(boxes_file, errors)
+    for result in results[:20]:
+        what = "accepted" if result.changed else "unchanged (this square was accepted already)"
+        replaced = (
+            f"; replaces hand crop {', '.join(f'#{r.crop_id}' for r in result.replaced)}"
+            if result.replaced
+            else ""
+        )
+        console.print(f"post {result.post_id}: crop #{result.crop_id} {what}{replaced}", highlight=False)
+    if boxes_file is not None:
+        applied = sum(result.changed for result in results)
+        console.print(
+            f"{applied} hand crops accepted as {reviewer} in one batch (`animexpr review undo --reviewer "
+            f"{reviewer}` takes them back), {len(results) - applied} unchanged, {len(errors)} bad lines",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -45,15 +45,6 @@ from sqlalchemy.orm import Session
 
 from animexpr import __version__
 from animexpr.config import Settings
-from animexpr.curate.augment import (
-    RECIPE_VERSION,
-    Balance,
-    ExpandError,
-    latest_expansion,
-    make_planned,
-    plan_expansion,
-    recipe_description,
-)
 from animexpr.curate.dedup import (
     DEFAULT_MAX_DISTANCE,
     HASH_NAME,
@@ -63,7 +54,15 @@ from animexpr.curate.dedup import (
     related_groups,
     update_duplicates,
 )
-from animexpr.curate.defaults import DEFAULT_TEST_FRACTION
+from animexpr.curate.defaults import DEFAULT_TEST_FRACTION, Balance
+from animexpr.curate.expand import (
+    RECIPE_VERSION,
+    ExpandError,
+    latest_expansion,
+    make_planned,
+    plan_expansion,
+    recipe_description,
+)
 from animexpr.curate.snapshot_plan import (
     SizedPlan,
     SnapshotError,

@@ -18,15 +18,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from animexpr.curate.augment import (
-    BALANCES,
-    Balance,
-    ClassCounts,
-    ExpansionPlan,
-    apportion,
-    round_robin_copies,
-)
 from animexpr.curate.dedup import CropFacts
+from animexpr.curate.defaults import BALANCES, Balance
+from animexpr.curate.expand import ClassCounts, ExpansionPlan, apportion, round_robin_copies
 from animexpr.errors import AnimexprError
 
 

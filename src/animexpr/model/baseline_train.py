@@ -53,13 +53,12 @@ from animexpr.model.baselines import (
 from animexpr.model.config import TrainConfig
 from animexpr.model.data import FaceBatches, to_model_input
 from animexpr.model.distributed import DistInfo
+from animexpr.model.run import capture_rng, restore_rng
 from animexpr.model.train import (
     _placed,
-    capture_rng,
     checked_finite,
     learning_rate,
     onehot,
-    restore_rng,
     translate_to_every_class,
 )
 

@@ -1,4 +1,4 @@
-"""Run folders and the two kinds of checkpoint.
+"""Run folders and the two kinds of checkpoint (the file names are model/run_files.py's).
 
 - `checkpoints/state-<iteration>.pt`: the full training state (networks, EMA, optimisers, iteration, RNG),
   tensors and primitives only, so `torch.load(weights_only=True)` reads it; written atomically, last K kept.
@@ -24,18 +24,22 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
 from animexpr.errors import AnimexprError
+from animexpr.model.run_files import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    GENERATOR_NAME,
+    RUN_NAME,
+    SAMPLE_NAME,
+    SAMPLES_DIR,
+    STATE_NAME,
+    STATS_FILE,
+    generator_name,
+    state_name,
+)
 from animexpr.store import TEMP_PREFIX, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-STATS_FILE = "stats.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-SAMPLES_DIR = "samples"
-_STATE_PATTERN = re.compile(r"^state-(\d+)\.pt$")
-_GENERATOR_PATTERN = re.compile(r"^G_ema-(\d+)\.safetensors$")
-_SAMPLE_PATTERN = re.compile(r"^(\d+)\.png$")
-_RUN_PATTERN = re.compile(r"^(\d+)-")
 _MAX_CAUSE_CHARS = 300  # of a library's error message quoted in ours: the start names the problem
 
 
@@ -52,11 +56,11 @@ def unusable(path: Path, what: str, exc: BaseException) -> CheckpointError:
 
 
 def state_path(run_dir: Path, iteration: int) -> Path:
-    return run_dir / CHECKPOINT_DIR / f"state-{iteration:07d}.pt"
+    return run_dir / CHECKPOINT_DIR / state_name(iteration)
 
 
 def generator_path(run_dir: Path, iteration: int) -> Path:
-    return run_dir / CHECKPOINT_DIR / f"G_ema-{iteration:07d}.safetensors"
+    return run_dir / CHECKPOINT_DIR / generator_name(iteration)
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
@@ -109,11 +113,11 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
 
 
 def training_states(run_dir: Path) -> list[tuple[int, Path]]:
-    return _numbered(run_dir / CHECKPOINT_DIR, _STATE_PATTERN)
+    return _numbered(run_dir / CHECKPOINT_DIR, STATE_NAME)
 
 
 def generator_files(run_dir: Path) -> list[tuple[int, Path]]:
-    return _numbered(run_dir / CHECKPOINT_DIR, _GENERATOR_PATTERN)
+    return _numbered(run_dir / CHECKPOINT_DIR, GENERATOR_NAME)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -141,7 +145,7 @@ def new_run_dir(runs_root: Path, description: str, config_json: str) -> Path:
 
 def _rename_to_next_number(staging: Path, runs_root: Path, description: str) -> Path:
     while True:
-        numbers = [int(m.group(1)) for p in runs_root.iterdir() if (m := _RUN_PATTERN.match(p.name))]
+        numbers = [int(m.group(1)) for p in runs_root.iterdir() if (m := RUN_NAME.match(p.name))]
         run_dir = runs_root / f"{max(numbers, default=-1) + 1:05d}-{description}"
         try:
             os.rename(staging, run_dir)  # fails on a folder with contents: another process took the number
@@ -160,7 +164,7 @@ def run_dirs(runs_root: Path) -> list[Path]:
     if not runs_root.is_dir():
         return []
     found = [
-        (int(m.group(1)), p) for p in runs_root.iterdir() if (m := _RUN_PATTERN.match(p.name)) and p.is_dir()
+        (int(m.group(1)), p) for p in runs_root.iterdir() if (m := RUN_NAME.match(p.name)) and p.is_dir()
     ]
     return [p for _, p in sorted(found)]
 
@@ -186,7 +190,7 @@ def discard_after(run_dir: Path, iteration: int) -> None:
         log.warning("removing %s: the run continues from iteration %d", path, iteration)
         path.unlink(missing_ok=True)
     _truncate_stats(run_dir / STATS_FILE, iteration)
-    for sample_iteration, path in _numbered(run_dir / SAMPLES_DIR, _SAMPLE_PATTERN):
+    for sample_iteration, path in _numbered(run_dir / SAMPLES_DIR, SAMPLE_NAME):
         if sample_iteration > iteration:
             path.unlink(missing_ok=True)
     for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / SAMPLES_DIR):

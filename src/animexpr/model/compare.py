@@ -14,20 +14,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from animexpr.errors import AnimexprError
+from animexpr.model.config import TABLE_CHOICES, TableChoice
 from animexpr.model.evaluate import INPUTS_DIR, fmt, headline, load_report, protocol_text, resolve_run_dir
 from animexpr.model.grid import save_png
 from animexpr.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-
-TableChoice = Literal["1", "2", "both"]
-TABLE_CHOICES: tuple[TableChoice, ...] = ("1", "2", "both")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from animexpr.errors import ConfigError
 
@@ -284,3 +284,16 @@ class TrainConfig:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+# The choices of `evaluate` (model/evaluate.py) and `compare` (model/compare.py). They are named here, in a
+# module without torch, so that the command modules offer the library's own names without `--help` waiting
+# for torch.
+EvalProtocol = Literal["paper", "per-class"]
+PROTOCOLS: tuple[EvalProtocol, ...] = get_args(EvalProtocol)
+Reference = Literal["all", "train", "test"]  # the per-class protocol's real images: originals of these splits
+TableChoice = Literal["1", "2", "both"]  # the paper's Table 1 (ablations), Table 2 (methods) or both
+TABLE_CHOICES: tuple[TableChoice, ...] = get_args(TableChoice)
+
+# How `transform` treats its pictures: auto crops the non-square ones, always crops every one, never none.
+CropMode = Literal["auto", "always", "never"]

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +49,10 @@ from torch import Tensor
 from animexpr.config import user_cache_dir as default_cache_dir
 from animexpr.errors import AnimexprError
 from animexpr.images import ImageDecodeError, decode_image
-from animexpr.model.checkpoint import STATS_FILE, load_generator_file
+from animexpr.model.checkpoint import load_generator_file
 from animexpr.model.classifier import ClassifierConfig, TrainedClassifier, snapshot_classifier
-from animexpr.model.config import VARIANTS, TrainConfig
+from animexpr.model.config import PROTOCOLS, VARIANTS, EvalProtocol, Reference, TrainConfig
+from animexpr.model.curves import CURVES_PNG
 from animexpr.model.data import (
     IMAGE_SUFFIXES,
     MAX_IMAGE_PIXELS,
@@ -74,21 +75,18 @@ from animexpr.model.inception import (
 )
 from animexpr.model.metrics import FeatureCache, fid, identity_measures, kid
 from animexpr.model.networks import Discriminator, Generator, count_parameters, parameter_counts
+from animexpr.model.run_files import EVAL_JSON, STATS_FILE
 from animexpr.model.transform import LoadedGenerator, load_generator
 from animexpr.model.vgg import WeightsMissingError, resolve_vgg19_weights
 from animexpr.store import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
-EVAL_JSON = "eval.json"
 EVAL_TABLE = "eval.md"
 EVAL_DIR = "eval"
 INPUTS_DIR = "inputs"
 FORMAT = "animexpr-eval-2"
 DEFAULT_IMAGE_SIZE = 128  # px: the paper's resolution, for folders of images made elsewhere
-Reference = Literal["all", "train", "test"]
-EvalProtocol = Literal["paper", "per-class"]
-PROTOCOLS: tuple[EvalProtocol, ...] = ("paper", "per-class")
 # stage name, done, total
 Progress = Callable[[str, int, int], None]
 METRIC_KEYS = (
@@ -718,6 +716,7 @@ def evaluate_run(
             ),
         },
         "images": str(images_dir.relative_to(run_dir)) if images_dir is not None else None,
+        "curves": CURVES_PNG if (run_dir / CURVES_PNG).is_file() else None,  # beside eval.md: linked there
         "options": _options_summary(options),
     }
     write_report(run_dir, report)
@@ -1022,4 +1021,6 @@ def report_markdown(report: dict[str, Any]) -> str:
         ]
     else:
         lines += [f"Time on {t['device']}: {t['total_s']:.1f} s in all.", ""]
+    if report.get("curves"):
+        lines += [f"Training curves (losses, mask, label effect): ![training curves]({report['curves']})", ""]
     return "\n".join(lines)

@@ -1,13 +1,13 @@
-"""The training loop: one code path for every variant, on the CPU, one GPU (CUDA graphs) or several (DDP).
+"""The paper's training step and the loop: one code path for every variant, on the CPU, one GPU or several.
 
 Per iteration: one discriminator step (WGAN-GP + classification on real images); every n_critic-th iteration
 also one generator step (adversarial + classification on fakes + cycle or contextual loss + mask guard) and
-the EMA update. On a single GPU both kinds of iteration are captured once as CUDA graphs (sampling, forward,
-backward and the fused Adam step), which removes the kernel-launch overhead that dominates at batch 16.
+the EMA update. On a single GPU both kinds of iteration run as CUDA graphs (model/cuda_graphs.py); under
+torchrun the networks are wrapped in DDP.
 
-The baselines of Table 2 (CycleGAN, ComboGAN) bring their own trainer (model/baseline_train.py); the run
-around it (folders, stats, samples, checkpoints, resume, Ctrl-C, NaN stop) is this module's for both, through
-the `RunTrainer` protocol.
+The baselines of Table 2 (CycleGAN, ComboGAN) bring their own trainer (model/baseline_train.py); `train()`
+runs either through the `RunTrainer` protocol, with the run folder, resume, Ctrl-C and checkpoints of
+model/run.py around it, and stops on a NaN or inf loss.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ import contextlib
 import copy
 import dataclasses
 import itertools
-import json
 import logging
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -34,14 +31,8 @@ from torch.nn.parallel import DistributedDataParallel
 from animexpr.errors import AnimexprError
 from animexpr.model import checkpoint as ckpt
 from animexpr.model.config import TrainConfig
-from animexpr.model.data import (
-    FaceBatches,
-    decode_records,
-    fits_on_device,
-    fixed_sample_indices,
-    load_snapshot,
-    to_model_input,
-)
+from animexpr.model.cuda_graphs import IterationGraphs, portable_optimizer_state, set_learning_rate
+from animexpr.model.data import FaceBatches, load_snapshot
 from animexpr.model.device import resolve_device
 from animexpr.model.distributed import (
     DistInfo,
@@ -52,7 +43,6 @@ from animexpr.model.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from animexpr.model.grid import grid_labels, save_png, translation_grid
 from animexpr.model.losses import (
     classification_loss,
     contextual_loss,
@@ -64,6 +54,19 @@ from animexpr.model.losses import (
     wasserstein_generator_loss,
 )
 from animexpr.model.networks import Generator, build_networks, parameter_counts
+from animexpr.model.run import (
+    RunPlan,
+    RunWriter,
+    StopRequest,
+    capture_rng,
+    check_ranks_agree,
+    load_checked_state,
+    log_run_start,
+    plan_run,
+    record_run,
+    restore_rng,
+    training_data,
+)
 from animexpr.model.vgg import VGG19Features, load_vgg19_features
 
 log = logging.getLogger(__name__)
@@ -190,21 +193,6 @@ def checked_finite(stats: dict[str, float], iteration: int) -> dict[str, float]:
     return stats
 
 
-def capture_rng(device: torch.device) -> dict[str, Tensor]:
-    """The torch RNG states a training state holds (CPU, and the device's on CUDA)."""
-    rng = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return rng
-
-
-def restore_rng(rng: dict[str, Tensor], device: torch.device) -> None:
-    if "cpu" in rng:
-        torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
-
-
 @torch.no_grad()
 def translate_to_every_class(
     generator: Callable[..., tuple[Tensor, Tensor | None]],
@@ -306,7 +294,7 @@ class Trainer:
         self.g_count = 0
         self._lr_value: float | None = None
         self._ema_weight = torch.zeros((), device=device)
-        self._graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self._graphs: IterationGraphs | None = None  # captured by prepare()
 
     # ------------------------------------------------------------------ setup
     def _adam(self, params: list[Tensor]) -> torch.optim.Adam:
@@ -410,67 +398,25 @@ class Trainer:
     # ------------------------------------------------------------------ CUDA graphs
     def prepare(self) -> None:
         """Capture the two iteration kinds as CUDA graphs (after any state was loaded); a no-op otherwise."""
-        if not self.use_graphs or self._graphs:
+        if not self.use_graphs or self._graphs is not None:
             return
-        for opt in (self.opt_G, self.opt_D):
-            for group in opt.param_groups:  # a device tensor, so that changing it needs no re-capture
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
-        saved = self._clone_state()
-        rng = torch.cuda.get_rng_state(self.device)
-        # Warm up on a side stream (cuDNN autotuning, optimiser state allocation), as capture requires.
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._iteration_body(with_generator=True)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        for name, with_generator in (("d", False), ("dg", True)):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._iteration_body(with_generator)
-            self._graphs[name] = graph
-        torch.cuda.synchronize(self.device)
-        # Warm-up trained for real: put everything back, in place (the graphs hold these addresses).
-        self._restore_state_in_place(saved)
-        torch.cuda.set_rng_state(rng, self.device)
+        modules = {"G": self.G, "D": self.D, "G_ema": self.G_ema}
+        optimizers = {"opt_G": self.opt_G, "opt_D": self.opt_D}
+        self._graphs = IterationGraphs(self._iteration_body, self.device, modules, optimizers)
         self.d_sums.zero_()
         self.g_sums.zero_()
 
-    def _clone_state(self) -> dict[str, Any]:
-        return {
-            "G": {k: v.clone() for k, v in self.G.state_dict().items()},
-            "D": {k: v.clone() for k, v in self.D.state_dict().items()},
-            "G_ema": {k: v.clone() for k, v in self.G_ema.state_dict().items()},
-            "opt_G": _clone_optimizer_state(self.opt_G),
-            "opt_D": _clone_optimizer_state(self.opt_D),
-        }
-
-    def _restore_state_in_place(self, saved: dict[str, Any]) -> None:
-        self.G.load_state_dict(saved["G"])  # load_state_dict copies into the existing tensors
-        self.D.load_state_dict(saved["D"])
-        self.G_ema.load_state_dict(saved["G_ema"])
-        _restore_optimizer_state(self.opt_G, saved["opt_G"])
-        _restore_optimizer_state(self.opt_D, saved["opt_D"])
-
     # ------------------------------------------------------------------ running
-    def _set_lr(self, value: float) -> None:
-        for opt in (self.opt_G, self.opt_D):
-            for group in opt.param_groups:
-                if isinstance(group["lr"], Tensor):
-                    group["lr"].fill_(value)
-                else:
-                    group["lr"] = value
-
     def run_iteration(self) -> None:
         lr = learning_rate(self.cfg, self.iteration)
         if lr != self._lr_value:
-            self._set_lr(lr)
+            set_learning_rate((self.opt_G, self.opt_D), lr)
             self._lr_value = lr
         with_generator = (self.iteration + 1) % self.cfg.n_critic == 0
         if with_generator and self.use_graphs:
             self._ema_weight.fill_(ema_weight(self.cfg, self.g_steps))
-        if self.use_graphs:
-            self._graphs["dg" if with_generator else "d"].replay()
+        if self._graphs is not None:
+            self._graphs.replay(with_generator)
         else:
             self._iteration_body(with_generator)
         self.d_count += 1
@@ -509,14 +455,14 @@ class Trainer:
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict(),
-            "opt_G": _portable_optimizer_state(self.opt_G),
-            "opt_D": _portable_optimizer_state(self.opt_D),
+            "opt_G": portable_optimizer_state(self.opt_G),
+            "opt_D": portable_optimizer_state(self.opt_D),
             "rng": capture_rng(self.device),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore before `prepare()` (the graphs are captured on the restored tensors)."""
-        if self._graphs:
+        if self._graphs is not None:
             raise RuntimeError("load the training state before capturing the CUDA graphs")
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
@@ -536,201 +482,7 @@ def _placed(module: ModuleT, device: torch.device, channels_last: bool) -> Modul
     return module
 
 
-def _portable_optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
-    state = opt.state_dict()
-    state["param_groups"] = [
-        {k: (float(v) if k == "lr" and isinstance(v, Tensor) else v) for k, v in group.items()}
-        for group in state["param_groups"]
-    ]
-    return state
-
-
-def _clone_optimizer_state(opt: torch.optim.Optimizer) -> dict[int, dict[str, Tensor]]:
-    return {
-        i: {k: v.clone() for k, v in opt.state[p].items() if isinstance(v, Tensor)}
-        for i, p in enumerate(_optimizer_params(opt))
-        if p in opt.state
-    }
-
-
-def _restore_optimizer_state(opt: torch.optim.Optimizer, saved: dict[int, dict[str, Tensor]]) -> None:
-    for i, p in enumerate(_optimizer_params(opt)):
-        for key, value in opt.state.get(p, {}).items():
-            if isinstance(value, Tensor):
-                if i in saved and key in saved[i]:
-                    value.copy_(saved[i][key])
-                else:
-                    value.zero_()  # state created by the warm-up: a fresh optimiser has none
-
-
-def _optimizer_params(opt: torch.optim.Optimizer) -> Iterator[Tensor]:
-    for group in opt.param_groups:
-        yield from group["params"]
-
-
 # ====================================================================== the run around the trainer
-
-
-class _StopRequest:
-    """First Ctrl-C: finish the iteration, write a checkpoint, stop. Second Ctrl-C: stop at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _StopRequest:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stopping after this iteration and writing a checkpoint (Ctrl-C again to stop at once)")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def _newest_run_of(runs_root: Path, cfg: TrainConfig) -> Path | None:
-    """The newest run folder of this snapshot and variant, with or without a checkpoint."""
-    for run_dir in reversed(ckpt.run_dirs(runs_root)):
-        try:
-            saved = ckpt.read_run_config(run_dir)
-        except ckpt.CheckpointError:
-            continue
-        if _same_data_and_variant(saved, cfg):
-            return run_dir
-    return None
-
-
-def _same_data_and_variant(saved: dict[str, Any], cfg: TrainConfig) -> bool:
-    same_data = Path(str(saved.get("data", ""))).resolve() == Path(cfg.data).resolve()
-    return same_data and saved.get("variant") == cfg.variant
-
-
-def _resume_target(cfg: TrainConfig, runs_root: Path, resume: str | None) -> tuple[Path | None, Path | None]:
-    """The run folder named by --resume (None: a new run) and the state file it names, if it names one."""
-    if resume is None:
-        return None, None
-    if resume == "auto":
-        return _newest_run_of(runs_root, cfg), None
-    path = Path(resume)
-    if path.is_file():
-        if path.parent.name != ckpt.CHECKPOINT_DIR:
-            raise AnimexprError(f"--resume {resume}: not in the {ckpt.CHECKPOINT_DIR}/ folder of a run")
-        return path.parent.parent, path
-    if path.is_dir():
-        return path, None
-    raise AnimexprError(f"--resume {resume}: neither 'auto', a run folder nor a state file")
-
-
-def _resolve_run(
-    cfg: TrainConfig, runs_root: Path, resume: str | None, description: str
-) -> tuple[Path, TrainConfig, Path | None]:
-    """Decide the run folder, the effective config and the state file to resume from (rank 0 only).
-
-    A run without a checkpoint has learned nothing that was kept: resuming it starts it again from
-    iteration 0 in the same folder, with the settings given now.
-    """
-    run_dir, state_file = _resume_target(cfg, runs_root, resume)
-    if run_dir is None:
-        return ckpt.new_run_dir(runs_root, description, cfg.to_json()), cfg, None
-    saved_values = ckpt.read_run_config(run_dir)  # a folder without config.json is no run
-    if state_file is None:
-        states = ckpt.training_states(run_dir)
-        if not states:
-            if not _same_data_and_variant(saved_values, cfg):
-                raise AnimexprError(
-                    f"{run_dir}: a run of {saved_values.get('variant')} on {saved_values.get('data')} "
-                    "without a checkpoint; start a new run instead"
-                )
-            log.info("%s has no checkpoint yet: starting it again from iteration 0", run_dir)
-            ckpt.write_run_config(run_dir, cfg.to_json())
-            return run_dir, cfg, None
-        state_file = states[-1][1]
-    saved = TrainConfig.from_dict(saved_values)
-    ignored = saved.learning_differences(cfg)
-    if ignored:
-        log.warning("resuming %s with its saved settings; ignoring changed %s", run_dir, ", ".join(ignored))
-    effective = saved.with_runtime(cfg)
-    change = schedule_change(saved, effective)
-    if change:
-        log.warning("resuming %s: %s", run_dir, change)
-    ckpt.write_run_config(run_dir, effective.to_json())
-    return run_dir, effective, state_file
-
-
-def _load_vgg(cfg: TrainConfig, vgg_download: bool) -> VGG19Features | None:
-    if cfg.is_baseline or cfg.spec.identity_loss != "contextual":
-        return None
-    return load_vgg19_features(
-        cfg.cx_layer, cfg.vgg_weights, random_weights=cfg.vgg_random, download=vgg_download
-    )
-
-
-class _RunWriter:
-    """Rank 0's outputs: stats.jsonl, sample grids and checkpoints."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        trainer: RunTrainer,
-        fixed: tuple[Tensor, Tensor],
-        manifest_sha256: str,
-        classes: list[str],
-    ):
-        self.run_dir = run_dir
-        self.trainer = trainer
-        self.fixed_inputs, self.fixed_labels = fixed
-        self.manifest_sha256 = manifest_sha256
-        self.classes = classes
-        self.last_state: Path | None = None
-        self.last_generator: Path | None = None
-
-    def append_stats(self, record: dict[str, Any]) -> None:
-        with (self.run_dir / ckpt.STATS_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def label_effect(self) -> float:
-        """How much the training G's output on the fixed inputs changes with the target class."""
-        outputs, _ = self.trainer.translate(self.fixed_inputs, self.fixed_labels, use_ema=False)
-        return label_effect(outputs)
-
-    def save_samples(self) -> Path:
-        outputs, masks = self.trainer.translate(self.fixed_inputs, self.fixed_labels)
-        path = self.run_dir / ckpt.SAMPLES_DIR / f"{self.trainer.iteration:07d}.png"
-        save_png(translation_grid(self.fixed_inputs, outputs, masks, grid_labels(self.classes)), path)
-        return path
-
-    def save_checkpoint(self, rng_by_rank: list[Any]) -> None:
-        trainer = self.trainer
-        state = trainer.state_dict()
-        state["rng_by_rank"] = rng_by_rank
-        state["manifest_sha256"] = self.manifest_sha256
-        state["classes"] = self.classes
-        self.last_state = ckpt.state_path(self.run_dir, trainer.iteration)
-        ckpt.save_training_state(self.last_state, state)
-        self.last_generator = ckpt.generator_path(self.run_dir, trainer.iteration)
-        metadata = {
-            "config": trainer.cfg.to_json(),
-            "classes": json.dumps(self.classes),
-            "iteration": str(trainer.iteration),
-            "format": "animexpr-generator-1",
-        }
-        ckpt.save_generator(self.last_generator, trainer.generator_state(), metadata)
-        ckpt.prune_checkpoints(self.run_dir, trainer.cfg.keep_ckpts)
-        log.info("checkpoint %s", self.last_state)
-
-
-def _restore_rank_rng(state: dict[str, Any], trainer: RunTrainer) -> None:
-    by_rank = state.get("rng_by_rank") or []
-    if trainer.info.world_size == len(by_rank) and trainer.info.world_size > 1:
-        restore_rng(by_rank[trainer.info.rank], trainer.device)
 
 
 def train(
@@ -757,64 +509,58 @@ def _train(
     info: DistInfo,
 ) -> TrainResult:
     snapshot = load_snapshot(Path(cfg.data))
-    manifest_sha256 = snapshot.manifest_sha256
     device = resolve_device(cfg.device, info.local_rank)  # before any folder is made for the run
     if cfg.is_baseline and info.enabled:
         raise AnimexprError(f"{cfg.variant} trains in one process, as its authors: run it without torchrun")
-    decision = None
-    if info.is_main:
-        description = f"{snapshot.name}-{cfg.variant}".replace("/", "_")
-        decision = _resolve_run(cfg, runs_root, resume, description)
-    run_dir, cfg, state_file = broadcast_object(decision, info)
-    configure_backends(cfg, device)
-
-    train_records = snapshot.split("train")
-    images, labels = decode_records(snapshot, train_records, cfg.image_size)
-    storage = device if fits_on_device(images.numel(), device) else torch.device("cpu")
-    batches = FaceBatches(
-        images, labels, len(snapshot.classes), device, cfg.balanced, cfg.channels_last, storage
-    )
-    fixed_records = snapshot.split("test") or train_records
-    fixed_images, fixed_labels = decode_records(snapshot, fixed_records, cfg.image_size)
-    picks = fixed_sample_indices(fixed_labels, cfg.sample_count, len(snapshot.classes))
-    fixed_inputs = to_model_input(fixed_images[picks], channels_last=False).to(device)
-    fixed_labels = torch.as_tensor(fixed_labels[picks], dtype=torch.long, device=device)
-
-    vgg = _load_vgg(cfg, vgg_download)
+    description = f"{snapshot.name}-{cfg.variant}".replace("/", "_")
+    plan: RunPlan = broadcast_object(_plan(cfg, runs_root, resume) if info.is_main else None, info)
+    cfg = plan.cfg
+    vgg = _load_vgg(cfg, vgg_download)  # before the run folder is made: a failed fetch leaves none behind
     if vgg is not None:  # which VGG19 the contextual loss used changes every figure: config.json says it
         cfg = dataclasses.replace(cfg, vgg_sha256=vgg.weights_sha256)
-        if info.is_main:
-            ckpt.write_run_config(run_dir, cfg.to_json())
+    recorded = record_run(plan, cfg, runs_root, description) if info.is_main else None
+    run_dir: Path = broadcast_object(recorded, info)
+    configure_backends(cfg, device)
+
+    batches, fixed = training_data(snapshot, cfg, device)
     trainer = _build_trainer(cfg, batches, device, info, vgg)
-    if state_file is not None:
-        _load_checked_state(trainer, state_file, manifest_sha256, cfg)
+    if plan.state_file is not None:
+        load_checked_state(trainer, plan.state_file, snapshot.manifest_sha256, cfg.data)
         log.info("resumed %s at iteration %d", run_dir, trainer.iteration)
     if info.is_main:
         ckpt.discard_after(run_dir, trainer.iteration)  # what a killed process wrote after its checkpoint
-        counts = trainer.parameter_counts()
-        log.info(
-            "%s: %d training images, %d classes, parameters %s, device %s, %s%s",
-            cfg.variant,
-            len(batches),
-            batches.num_classes,
-            ", ".join(f"{k} {v:,}" for k, v in counts.items()),
-            device,
-            cfg.precision,
-            _execution_note(trainer),
-        )
+        log_run_start(trainer, batches)
     trainer.prepare()
-    writer = (
-        _RunWriter(run_dir, trainer, (fixed_inputs, fixed_labels), manifest_sha256, list(snapshot.classes))
-        if info.is_main
-        else None
-    )
-    interrupted = _loop(trainer, writer, progress)
+    classes = list(snapshot.classes)
+    writer = RunWriter(run_dir, trainer, fixed, snapshot.manifest_sha256, classes) if info.is_main else None
+    try:
+        interrupted = _loop(trainer, writer, progress)
+    finally:
+        if writer is not None:
+            writer.close()  # the curves as far as training got, however it stopped
     return TrainResult(
         run_dir,
         trainer.iteration,
         writer.last_state if writer else None,
         writer.last_generator if writer else None,
         interrupted,
+    )
+
+
+def _plan(cfg: TrainConfig, runs_root: Path, resume: str | None) -> RunPlan:
+    """The run to write (rank 0 only); a resumed run with another --iters says what its schedule becomes."""
+    plan = plan_run(cfg, runs_root, resume)
+    change = schedule_change(plan.saved, plan.cfg) if plan.saved is not None else None
+    if change:
+        log.warning("resuming %s: %s", plan.run_dir, change)
+    return plan
+
+
+def _load_vgg(cfg: TrainConfig, vgg_download: bool) -> VGG19Features | None:
+    if cfg.is_baseline or cfg.spec.identity_loss != "contextual":
+        return None
+    return load_vgg19_features(
+        cfg.cx_layer, cfg.vgg_weights, random_weights=cfg.vgg_random, download=vgg_download
     )
 
 
@@ -828,33 +574,14 @@ def _build_trainer(
     return Trainer(cfg, batches, device, info, vgg)
 
 
-def _execution_note(trainer: RunTrainer) -> str:
-    if trainer.cfg.is_baseline:
-        return ", eager (no CUDA graphs for the baselines), no EMA (the generator file holds the trained G)"
-    return ", CUDA graphs" if trainer.use_graphs else ""
-
-
-def _load_checked_state(
-    trainer: RunTrainer, state_file: Path, manifest_sha256: str, cfg: TrainConfig
-) -> None:
-    state = ckpt.load_training_state(state_file)
-    if state.get("manifest_sha256") != manifest_sha256:
-        raise AnimexprError(f"{state_file} was trained on another snapshot than {cfg.data}")
-    try:
-        trainer.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise ckpt.unusable(state_file, "does not fit the networks of its run's config.json", exc) from exc
-    _restore_rank_rng(state, trainer)
-
-
-def _loop(trainer: RunTrainer, writer: _RunWriter | None, progress: ProgressFn | None) -> bool:
+def _loop(trainer: RunTrainer, writer: RunWriter | None, progress: ProgressFn | None) -> bool:
     """Iterate to cfg.iters; returns True when stopped by Ctrl-C (after writing a checkpoint)."""
     cfg, info, device = trainer.cfg, trainer.info, trainer.device
     window_start = time.perf_counter()
     window_iterations = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         while trainer.iteration < cfg.iters:
             trainer.run_iteration()
             window_iterations += 1
@@ -870,14 +597,15 @@ def _loop(trainer: RunTrainer, writer: _RunWriter | None, progress: ProgressFn |
                 stats |= _timing(trainer, elapsed, window_iterations)
                 window_start, window_iterations = time.perf_counter(), 0
                 if writer is not None:
-                    stats["G/label_effect"] = writer.label_effect()
+                    # how much the training G's output on the fixed inputs changes with the target class
+                    stats["G/label_effect"] = label_effect(writer.translate_fixed(use_ema=False)[0])
                     kimg = it * trainer.images_per_iteration / 1000
                     writer.append_stats({"iteration": it, "kimg": kimg, **stats})
                     log.debug("iteration %d %s", it, stats)
             if writer is not None and (it % cfg.sample_every == 0 or it == cfg.iters):
                 writer.save_samples()
             if at_ckpt or stopping:
-                _check_ranks_agree(trainer)
+                check_ranks_agree(trainer)
                 rng = gather_objects(capture_rng(trainer.device), info)
                 if writer is not None:
                     writer.save_checkpoint(rng)
@@ -888,24 +616,11 @@ def _loop(trainer: RunTrainer, writer: _RunWriter | None, progress: ProgressFn |
     return False
 
 
-def _check_ranks_agree(trainer: RunTrainer) -> None:
-    """Under DDP every rank holds the same networks (the same all-reduced updates): check before saving."""
-    if not trainer.info.enabled:
-        return
-    with torch.no_grad():
-        checksum = [float(sum(p.double().sum() for p in m.parameters())) for m in trainer.synced_modules()]
-    sums = gather_objects(checksum, trainer.info)
-    if any(s != sums[0] for s in sums):
-        raise AnimexprError(f"DDP ranks hold different networks (parameter sums {sums}); not saving")
-
-
-def _checked_stats(trainer: RunTrainer, writer: _RunWriter | None) -> dict[str, float]:
+def _checked_stats(trainer: RunTrainer, writer: RunWriter | None) -> dict[str, float]:
     try:
         return trainer.flush_stats()
     except NonFiniteLossError as exc:
-        last = writer.last_state if writer else None
-        if writer is not None and last is None and ckpt.training_states(writer.run_dir):
-            last = ckpt.training_states(writer.run_dir)[-1][1]
+        last = writer.last_good_state() if writer else None
         where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise NonFiniteLossError(f"training stopped: {exc}; {where} (try a lower --lr)") from exc
 
@@ -921,12 +636,3 @@ def _timing(trainer: RunTrainer, elapsed: float, iterations: int) -> dict[str, f
     if trainer.device.type == "cuda":
         timing["peak_mem_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
     return timing
-
-
-def config_for_run(data: Path, **overrides: Any) -> TrainConfig:
-    """A TrainConfig for a snapshot folder: the variant's defaults, then any fields overridden."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise AnimexprError(f"unknown training setting {sorted(unknown)[0]!r}")
-    return TrainConfig.for_variant(str(data.resolve()), **overrides)

@@ -57,7 +57,8 @@ from animexpr.model.evaluate import median_ms_per_iteration
 from animexpr.model.grid import save_png, to_uint8_images
 from animexpr.model.inception import InceptionError, InceptionFeatures, resolve_inception
 from animexpr.model.metrics import fid, identity_measures, kid, ssim
-from animexpr.model.train import ProgressFn, config_for_run, train
+from animexpr.model.run import config_for_run
+from animexpr.model.train import ProgressFn, train
 from animexpr.model.transform import load_generator
 from animexpr.model.vgg import WeightsMissingError, resolve_vgg19_weights
 from animexpr.store import atomic_write_bytes

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from animexpr.cli import app
 from animexpr.config import Settings
-from animexpr.curate.review import ReviewError, import_batch_id
+from animexpr.curate.review import ReviewError
+from animexpr.curate.review_csv import import_batch_id
 from animexpr.db.models import Crop, ReviewEvent
 from animexpr.db.session import session_scope
 
@@ -43,12 +44,13 @@ KILL_AFTER_FIRST_COMMIT = textwrap.dedent(
     from pathlib import Path
     from animexpr.config import load_settings
     from animexpr.curate.review import ReviewQueue
+    from animexpr.curate.review_csv import import_csv
     from animexpr.db.session import open_db
 
     settings = load_settings(home=Path(sys.argv[1]), environ={})
     queue = ReviewQueue(open_db(settings.db_url), settings.class_names)
-    queue.import_csv(
-        Path(sys.argv[2]), chunk_lines=5, on_commit=lambda report: os.kill(os.getpid(), signal.SIGKILL)
+    import_csv(
+        queue, Path(sys.argv[2]), chunk_lines=5, on_commit=lambda report: os.kill(os.getpid(), signal.SIGKILL)
     )
     """
 )

@@ -23,6 +23,8 @@ from animexpr.curate.review import (
     ReviewError,
     ReviewQueue,
 )
+from animexpr.curate.review_csv import export_csv, import_csv
+from animexpr.curate.review_stats import queue_stats
 from animexpr.db.models import Crop, CropState, ReviewEvent, ReviewLease, utcnow
 from animexpr.db.session import open_db, session_scope
 from animexpr.store import FileStore
@@ -329,7 +331,7 @@ def test_stats_count_per_class_and_estimate_from_pace(
         start = utcnow() - timedelta(hours=1)
         for index, event in enumerate(events):
             event.created_at = start + timedelta(seconds=2 * index + (600 if index >= 3 else 0))
-    report = queue.stats("alice")
+    report = queue_stats(queue, "alice")
     assert report["pace_seconds"] == 2.0
     first_label = seeded.labels[seeded.ids[0]]
     counts = report["classes"][first_label]
@@ -340,7 +342,7 @@ def test_stats_count_per_class_and_estimate_from_pace(
     assert report["total"]["pending"] == len(seeded.ids) - 5
     assert report["reviewers"][0]["reviewer"] == "alice"
     assert report["reviewers"][0]["events"] == 5
-    assert queue.stats("bob")["pace_seconds"] is None
+    assert queue_stats(queue, "bob")["pace_seconds"] is None
 
 
 def test_pace_spreads_a_grid_page_over_its_crops(
@@ -360,7 +362,7 @@ def test_pace_spreads_a_grid_page_over_its_crops(
         for event in events:
             event.created_at = start + timedelta(seconds=when[event.batch_id])
     # Page 2 took 40 s for 16 crops, and 32 s for them again after the undo (which is no decision).
-    assert queue.stats("carol")["pace_seconds"] == round(72 / 32, 3)
+    assert queue_stats(queue, "carol")["pace_seconds"] == round(72 / 32, 3)
 
 
 def test_history_lists_the_reviewers_standing_decisions(queue: ReviewQueue, seeded: SeededCrops) -> None:
@@ -380,7 +382,7 @@ def test_export_then_import_round_trip(
 ) -> None:
     queue.decide("alice", seeded.ids[0], "reject")
     exported = tmp_path / "review.csv"
-    assert queue.export_csv(exported) == len(seeded.ids)
+    assert export_csv(queue, exported) == len(seeded.ids)
     rows = list(csv.DictReader(exported.open()))
     assert rows[0]["state"] == "rejected"
     assert rows[0]["reviewer"] == "alice"
@@ -394,7 +396,7 @@ def test_export_then_import_round_trip(
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    report = queue.import_csv(edited)
+    report = import_csv(queue, edited)
     assert (report.lines, report.applied, report.unchanged, report.errors) == (
         len(rows),
         2,
@@ -403,7 +405,7 @@ def test_export_then_import_round_trip(
     )
     assert _crop(engine, int(rows[2]["crop_id"])).label == rows[2]["label"]
     assert [e.decision for e in _events(engine)][-2:] == [Decision.ACCEPT, Decision.RELABEL]
-    again = queue.import_csv(edited)
+    again = import_csv(queue, edited)
     assert (again.applied, again.unchanged) == (0, len(rows))
 
 
@@ -424,7 +426,7 @@ def test_import_reports_bad_lines_and_applies_the_rest(
     ]
     path = tmp_path / "decisions.csv"
     path.write_text("\n".join(lines) + "\n")
-    report = queue.import_csv(path, reviewer="lab-sheet")
+    report = import_csv(queue, path, reviewer="lab-sheet")
     assert report.applied == 2
     assert [(error.line, error.message.split(" ")[0]) for error in report.errors] == [
         (3, "no"),
@@ -443,7 +445,7 @@ def test_import_needs_the_columns(queue: ReviewQueue, tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("id,verdict\n1,yes\n")
     with pytest.raises(ReviewError, match="crop_id or sha256"):
-        queue.import_csv(path)
+        import_csv(queue, path)
 
 
 def test_leased_by_others_counts_what_bulk_accept_leaves_alone(
@@ -488,7 +490,7 @@ def test_stats_without_a_reviewer_estimate_from_the_reviewers_who_worked(
     _space_decisions(engine, "alice", 2.0, recent)
     _space_decisions(engine, "bob", 6.0, recent)
     _space_decisions(engine, "carol", 1.0, utcnow() - timedelta(days=30))  # stopped long ago
-    report = queue.stats()
+    report = queue_stats(queue)
     assert report["reviewer"] is None
     assert sorted(report["pace_reviewers"]) == ["alice", "bob"]
     assert report["pace_seconds"] == 1.5  # side by side: 1/2 + 1/6 crops per second
@@ -496,5 +498,5 @@ def test_stats_without_a_reviewer_estimate_from_the_reviewers_who_worked(
     paces = {row["reviewer"]: row["pace_seconds"] for row in report["reviewers"]}
     assert paces == {"alice": 2.0, "bob": 6.0, "carol": 1.0, "bulk-accept": None}
     # A named reviewer still gets their own pace (the page shows its reviewer theirs).
-    assert queue.stats("bob")["pace_seconds"] == 6.0
-    assert queue.stats("dave")["pace_seconds"] is None
+    assert queue_stats(queue, "bob")["pace_seconds"] == 6.0
+    assert queue_stats(queue, "dave")["pace_seconds"] is None

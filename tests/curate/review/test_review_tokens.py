@@ -15,6 +15,7 @@ from animexpr.cli import app as cli_app
 from animexpr.config import Settings
 from animexpr.curate.review import ReservedReviewer, ReviewerTokens, ReviewQueue
 from animexpr.curate.review_app import SESSION_COOKIE, ReviewAppConfig, create_app
+from animexpr.curate.review_csv import import_csv
 from animexpr.db.models import Reviewer, ReviewEvent, ReviewLease
 from animexpr.db.session import session_scope
 
@@ -41,7 +42,7 @@ def test_the_token_names_the_reviewer_and_the_header_is_ignored(
     # A CSV import the page must not be able to undo by calling itself csv-import.
     imported = tmp_path / "import.csv"
     imported.write_text("crop_id,state\n" + "".join(f"{c},accepted\n" for c in seeded.ids[:3]))
-    ReviewQueue(engine, settings.class_names).import_csv(imported)
+    import_csv(ReviewQueue(engine, settings.class_names), imported)
     app = create_app(engine, settings, ReviewAppConfig(reviewer="server"))
     with LiveServer(app) as server, httpx.Client(base_url=server.url) as http:
         as_alice = {"Authorization": f"Bearer {alice}", "X-Reviewer": "csv-import"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from animexpr.cli_common import console, err_console, get_settings, get_state
+from animexpr.cli_common import JsonOption, console, err_console, get_settings, get_state, print_json
 from animexpr.harvest.policy import DEFAULT_EXCLUDED_TAGS, HarvestOptions, Variant, parse_ratings
 
 if TYPE_CHECKING:  # imported by the command itself, so that the other commands start fast
@@ -57,7 +57,7 @@ def harvest(
     ] = 2.0,
     downloads: Annotated[int, typer.Option(min=1, max=16, help="Files downloaded at the same time.")] = 4,
     variant: Annotated[
-        str, typer.Option(help="'original' (md5-checked) or 'sample' (Danbooru's 850 px JPEG when larger).")
+        Variant, typer.Option(help="original (md5-checked) or sample (Danbooru's 850 px JPEG when larger).")
     ] = "original",
     exclude_tag: Annotated[
         list[str] | None,
@@ -75,6 +75,7 @@ def harvest(
     max_mb: Annotated[
         float, typer.Option(min=0.1, help="Skip files larger than this many megabytes.")
     ] = 30.0,
+    as_json: JsonOption = False,
 ) -> None:
     """Crawl Danbooru for each class's tag with `solo`, and download the originals into the store."""
     from animexpr.harvest.client import ClientPolicy, DanbooruClient, HarvestError, credentials_from
@@ -82,12 +83,10 @@ def harvest(
 
     settings = get_settings(ctx)
     state = get_state(ctx, create_home=True)
-    if variant not in ("original", "sample"):
-        raise typer.BadParameter("use 'original' or 'sample'", param_hint="--variant")
     options = HarvestOptions(
         per_class=per_class,
         ratings=parse_ratings(rating),
-        variant=_variant(variant),
+        variant=variant,
         excluded_tags=frozenset(DEFAULT_EXCLUDED_TAGS).union(exclude_tag or ()),
         keep_ambiguous=keep_ambiguous,
         max_file_bytes=int(max_mb * 1024 * 1024),
@@ -106,16 +105,13 @@ def harvest(
                 crawler.on_progress = display.update
                 summary = crawler.run()
         except HarvestError:
-            _print_summary(CrawlSummary(crawler.tallies, api_requests=client.api_requests))  # what was done
+            done = CrawlSummary(crawler.tallies, api_requests=client.api_requests)
+            _show_summary(summary_dict(done), as_json)  # what was done
             raise
-    _print_summary(summary)
+    _show_summary(summary_dict(summary), as_json)
     if summary.interrupted:
         err_console.print("interrupted; finished work is kept; run the same command again to continue")
         raise typer.Exit(130)
-
-
-def _variant(value: str) -> Variant:
-    return "sample" if value == "sample" else "original"
 
 
 class _RateColumn(ProgressColumn):
@@ -192,25 +188,48 @@ def _progress_display() -> _ProgressDisplay:
     return _ProgressDisplay()
 
 
-def _print_summary(summary: CrawlSummary) -> None:
-    table = Table("class", "target", "had", "found", "downloaded", "skipped", "failed", "have", "left")
-    for tally in summary.classes.values():
-        left = (
-            "exhausted" if tally.exhausted and tally.have < tally.target else str(tally.target - tally.have)
-        )
-        table.add_row(
-            tally.name,
-            *(str(value) for value in (tally.target, tally.already, tally.found, tally.downloaded)),
-            *(str(value) for value in (tally.skipped, tally.failed, tally.have)),
-            left if tally.have < tally.target else "0",
-        )
+def summary_dict(summary: CrawlSummary) -> dict[str, Any]:
+    """What the summary shows, and `--json` prints: per class, the reasons, the totals."""
+    classes = {
+        tally.name: {
+            "target": tally.target,
+            "had": tally.already,
+            "found": tally.found,
+            "downloaded": tally.downloaded,
+            "skipped": tally.skipped,
+            "failed": tally.failed,
+            "have": tally.have,
+            "left": max(0, tally.target - tally.have),
+            "exhausted": tally.exhausted,
+        }
+        for tally in summary.classes.values()
+    }
+    return {
+        "classes": classes,
+        "reasons": dict(sorted(summary.reasons.items())),
+        "failed": sum(counts["failed"] for counts in classes.values()),
+        "api_requests": summary.api_requests,
+        "seconds": round(summary.seconds, 3),
+        "interrupted": summary.interrupted,
+    }
+
+
+def _show_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(summary)
+        return
+    columns = ("target", "had", "found", "downloaded", "skipped", "failed", "have")
+    table = Table("class", *columns, "left")
+    for name, counts in summary["classes"].items():
+        left = "exhausted" if counts["exhausted"] and counts["left"] else str(counts["left"])
+        table.add_row(name, *(str(counts[key]) for key in columns), left)
     console.print(table)
-    reasons = summary.reasons
-    if reasons:
-        text = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+    if summary["reasons"]:
+        text = ", ".join(f"{reason} {count}" for reason, count in summary["reasons"].items())
         console.print(f"skipped or failed by reason: {text}")
-    failed = sum(tally.failed for tally in summary.classes.values())
-    if failed:
-        console.print(f"{failed} failed downloads: `animexpr harvest --retry-failed` tries them again")
-    took = f" in {summary.seconds:.1f} s" if summary.seconds else ""
-    console.print(f"{summary.api_requests} API requests{took}")
+    if summary["failed"]:
+        console.print(
+            f"{summary['failed']} failed downloads: `animexpr harvest --retry-failed` tries them again"
+        )
+    took = f" in {summary['seconds']:.1f} s" if summary["seconds"] else ""
+    console.print(f"{summary['api_requests']} API requests{took}")

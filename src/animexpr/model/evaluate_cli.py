@@ -1,4 +1,4 @@
-"""`animexpr evaluate` (a run, or a folder of images made elsewhere) and `animexpr compare`."""
+"""`animexpr evaluate`: score a run, or a folder of images made elsewhere (the work: `model.evaluate`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from animexpr.cli_common import console, err_console, get_settings
+from animexpr.model.config import EvalProtocol, Reference
 
-if TYPE_CHECKING:  # torch is imported by the commands themselves, so that other commands start fast
+if TYPE_CHECKING:  # torch is imported by the command itself, so that other commands start fast
     from animexpr.model.evaluate import Progress as ProgressFn
 
 
@@ -61,14 +62,14 @@ def evaluate(
         typer.Option(help="Snapshot NAME or folder (default: the one the run trained on)."),
     ] = None,
     protocol: Annotated[
-        str,
+        EvalProtocol,
         typer.Option(
             help="paper: FID/KID pooled, against the test images; "
             "per-class: per target class against --reference originals, averaged."
         ),
     ] = "paper",
     reference: Annotated[
-        str | None,
+        Reference | None,
         typer.Option(
             help="per-class protocol: real images of the target class from all, train or test splits."
         ),
@@ -119,8 +120,8 @@ def evaluate(
     settings = get_settings(ctx)
     snapshot_folder = resolve_snapshot(snapshot, settings.home) if snapshot else None
     options = EvalOptions(
-        protocol=protocol,  # type: ignore[arg-type]  # checked above
-        reference=reference,  # type: ignore[arg-type]  # checked above
+        protocol=protocol,
+        reference=reference,
         batch=batch,
         device=device,
         save_images=save_images,
@@ -148,8 +149,8 @@ def _check_evaluate_arguments(
     run: Path | None,
     images: Path | None,
     snapshot: str | None,
-    protocol: str,
-    reference: str | None,
+    protocol: EvalProtocol,
+    reference: Reference | None,
     method: str | None,
     out: Path | None,
     image_size: int | None,
@@ -160,10 +161,6 @@ def _check_evaluate_arguments(
         raise typer.BadParameter("--images needs --snapshot (the real images to compare with)")
     if images is None and (method is not None or out is not None or image_size is not None):
         raise typer.BadParameter("--method, --out and --image-size go with --images only")
-    if protocol not in ("paper", "per-class"):
-        raise typer.BadParameter("expected paper or per-class", param_hint="--protocol")
-    if reference is not None and reference not in ("all", "train", "test"):
-        raise typer.BadParameter("expected all, train or test", param_hint="--reference")
     if protocol == "paper" and reference not in (None, "test"):
         raise typer.BadParameter(
             "goes with --protocol per-class; the paper protocol compares with the test images",
@@ -199,42 +196,5 @@ def _print_report(report: dict[str, Any], written: Path) -> None:
         console.print(Text.assemble(("warning: ", "bold yellow"), warning), highlight=False)
 
 
-def compare(
-    runs: Annotated[
-        list[Path],
-        typer.Argument(help="Evaluated run folders, folders of scored images, or eval.json files."),
-    ],
-    out: Annotated[Path, typer.Option(help="Markdown report to write.")] = Path("report.md"),
-    figure: Annotated[Path | None, typer.Option(help="Figure PNG (default: beside the report).")] = None,
-    rows: Annotated[int, typer.Option(help="Test inputs shown in the figure.")] = 8,
-    table: Annotated[
-        str, typer.Option(help="The paper's table layout: 1 (ablations), 2 (methods) or both.")
-    ] = ("both"),
-    allow_mismatch: Annotated[
-        bool,
-        typer.Option(
-            help="List rows scored under different protocols, real sets or sample sizes with a warning "
-            "instead of refusing them."
-        ),
-    ] = False,
-) -> None:
-    """The paper's Table 1 and/or Table 2 for these rows, the paper's figures beside ours, and a figure."""
-    if table not in ("1", "2", "both"):
-        raise typer.BadParameter("expected 1, 2 or both", param_hint="--table")
-    from animexpr.model.compare import compare_runs
-
-    result = compare_runs(
-        runs,
-        out,
-        figure,
-        rows,
-        table=table,  # type: ignore[arg-type]  # checked above
-        allow_mismatch=allow_mismatch,
-    )
-    console.print(result.markdown, markup=False, highlight=False)
-    console.print(f"written {out}" + (f" and {result.figure}" if result.figure else ""))
-
-
 def register(app: typer.Typer) -> None:
     app.command()(evaluate)
-    app.command()(compare)

@@ -12,7 +12,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from animexpr.config import Settings
-from animexpr.curate.augment import (
+from animexpr.curate.dedup import CropFacts, eligible_crops
+from animexpr.curate.expand import (
     RECIPE_VERSION,
     ExpandError,
     apply_recipe,
@@ -22,7 +23,6 @@ from animexpr.curate.augment import (
     item_seed,
     plan_expansion,
 )
-from animexpr.curate.dedup import CropFacts, eligible_crops
 from animexpr.db.models import Augmentation, Crop, Expansion
 from animexpr.db.session import open_db
 from animexpr.store import FileStore, sha256_file

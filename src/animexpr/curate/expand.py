@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -48,7 +48,7 @@ from animexpr.curate.dedup import (
     imdecode_checked,
     update_duplicates,
 )
-from animexpr.curate.defaults import DEFAULT_TARGET
+from animexpr.curate.defaults import BALANCES, DEFAULT_TARGET, Balance
 from animexpr.db.models import Augmentation, Expansion
 from animexpr.db.session import session_scope
 from animexpr.errors import AnimexprError
@@ -63,8 +63,6 @@ log = logging.getLogger(__name__)
 
 # The paper's dataset: 7,306 cleaned faces expanded to 11,612 images.
 RECIPE_VERSION = "face-safe-v1"
-Balance = Literal["proportional", "equal"]
-BALANCES: tuple[Balance, ...] = ("proportional", "equal")
 _INSERT_BATCH = 256
 # Augmented images a worker makes before storing them together (one round of fsyncs).
 IMAGES_PER_BATCH = 32

@@ -20,7 +20,7 @@ server still pages and serves files by the post's real id and md5.
 Images: real anime faces from `$ANIMEXPR_ASSETS/faces/<character>/` when that folder is given (one
 character per class), generated PNGs otherwise. A post's md5 is the md5 of the bytes served for it.
 
-Run it by hand: `python -m animexpr.harvest.fakebooru --per-class 50 --port 8765`.
+Run it by hand: `python -m animexpr.testing.fakebooru --per-class 50 --port 8765`.
 """
 
 from __future__ import annotations

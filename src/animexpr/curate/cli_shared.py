@@ -1,0 +1,46 @@
+"""What the `dedup`, `expand` and `snapshot` commands share: the progress bar and their common options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from animexpr.cli_common import err_console
+
+MaxDistance = Annotated[
+    int,
+    typer.Option(
+        "--max-distance",
+        min=0,
+        max=63,
+        help="Near-duplicate threshold: differing bits of the 64-bit perceptual hash (mirrors included).",
+    ),
+]
+
+Workers = Annotated[
+    int | None,
+    typer.Option(min=1, help="Processes (default: one per available core).", show_default=False),
+]
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar on standard error (standard output holds the summary or its JSON), fed `(done, total)`."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
