@@ -6,11 +6,13 @@ import io
 import time
 from pathlib import Path
 
+import pytest
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from typer.testing import CliRunner
 
+from animexpr import cli_common
 from animexpr.cli import app
-from animexpr.cli_common import LOG_COLUMNS, LogFriendlyConsole
+from animexpr.cli_common import LOG_COLUMNS, LogFriendlyConsole, ProgressBars
 
 runner = CliRunner()  # its output is not a terminal
 
@@ -87,3 +89,21 @@ def test_progress_on_a_terminal_prints_no_extra_lines() -> None:
         bar.add_task("downloading", total=10)
         time.sleep(0.2)
         assert console._progress_logger is None
+
+
+def test_progress_bars_start_on_the_first_update_and_show_one_bar_per_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    console, out = _log_console(progress_log_seconds=0.05)
+    monkeypatch.setattr(cli_common, "err_console", console)  # where every command's progress goes
+    with ProgressBars(transient=False) as bars:
+        time.sleep(0.15)
+        assert out.getvalue() == ""  # no display, and no thread, before there is something to show
+        bars.update("hashing", 3, 10, "2 clusters")
+        bars.update("copying", 1, 4)
+        bars.update("hashing", 5, 10, "4 clusters")
+        time.sleep(0.3)
+    lines = out.getvalue().splitlines()
+    assert any("hashing" in line and "5/10" in line and "4 clusters" in line for line in lines)
+    assert any("copying" in line and "1/4" in line for line in lines)
+    assert not any("hashing" in line and "copying" in line for line in lines)  # a bar each

@@ -114,6 +114,56 @@ console = LogFriendlyConsole()
 err_console = LogFriendlyConsole(stderr=True)
 
 
+class ProgressBars:
+    """How every command shows progress: bars on standard error (standard output holds summaries and their
+    JSON), one bar per task (a stage, a class, a run), all fed the same way: `update(task, done, total,
+    status)`.
+
+    On a terminal the bars are live; in a log or a pipe the console prints them as a plain line every 30 s.
+    The display starts at the first update, so a command that forks workers first (crop) starts no thread
+    before them. `columns` replaces the standard ones (bar, done/total, time left) for commands that count
+    something else (bytes); `status` text is shown after them.
+    """
+
+    def __init__(self, columns: Sequence[Any] = (), *, transient: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        shown = columns or (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            *shown,
+            TextColumn("{task.fields[status]}"),
+            console=err_console,
+            transient=transient,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.started = False
+
+    def update(self, task: str, done: float, total: float | None, status: str = "", **fields: Any) -> None:
+        """Set `task`'s bar (made on first use) to `done` of `total`; `fields` feed the given columns."""
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        if task not in self.tasks:
+            self.tasks[task] = self.progress.add_task(task, total=total, status=status, **fields)
+        self.progress.update(self.tasks[task], completed=done, total=total, status=status, **fields)
+
+    def print(self, text: str) -> None:
+        """A line above the bars (a stage beginning)."""
+        self.progress.console.print(text)
+
+    def close(self) -> None:
+        if self.started:  # rich prints an empty line when stopping a display that never ran
+            self.progress.stop()
+            self.started = False
+
+    def __enter__(self) -> ProgressBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
 class AppState:
     settings: Settings

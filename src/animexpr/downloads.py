@@ -209,21 +209,20 @@ def _progress_bar(name: str, total: int | None, shown: bool) -> Iterator[Callabl
     if not shown:
         yield lambda _: None
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from animexpr.cli_common import err_console
+    from animexpr.cli_common import ProgressBars
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(TextColumn(f"download {name}"), *columns, console=err_console) as bar:
-        task = bar.add_task(name, total=total)
-        yield lambda count: bar.advance(task, count)
+    received = 0
+
+    def advance(count: int) -> None:
+        nonlocal received
+        received += count
+        bars.update(f"download {name}", received, total)
+
+    with ProgressBars(columns, transient=False) as bars:
+        yield advance
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -7,9 +7,8 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from animexpr.cli_common import err_console
+from animexpr.cli_common import ProgressBars
 
 MaxDistance = Annotated[
     int,
@@ -29,18 +28,6 @@ Workers = Annotated[
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A bar on standard error (standard output holds the summary or its JSON), fed `(done, total)`."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        yield update
+    """A bar on standard error, fed `(done, total)` as the stages report it."""
+    with ProgressBars() as bars:
+        yield lambda done, total: bars.update(description, done, total)

@@ -6,9 +6,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from animexpr.cli_common import JsonOption, console, err_console, get_state, print_json, require_store
+from animexpr.cli_common import (
+    JsonOption,
+    ProgressBars,
+    console,
+    get_state,
+    print_json,
+    require_store,
+)
 from animexpr.curate.defaults import (
     CASCADE_ENV,
     DEFAULT_MARGIN,
@@ -21,44 +27,29 @@ from animexpr.curate.defaults import (
 from animexpr.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from animexpr.curate.crop import CropResult, CropSummary
     from animexpr.curate.detect import DetectorChoice
 
 DEFAULT_MIN_FACE = default_min_face(DEFAULT_SIZE, DEFAULT_MARGIN)
 
 
-class _RichCropProgress:
-    """A progress bar that starts only once the workers are running (they are forked before its thread)."""
+class _CropProgress:
+    """The crop stage's progress (start once the workers run, advance per post, stop) as a bar."""
 
-    def __init__(self, on: Console = console) -> None:
-        self.bar = Progress(
-            TextColumn("cropping"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[crops]} crops"),
-            TimeRemainingColumn(),
-            console=on,
-            transient=True,
-        )
-        self.task = self.bar.add_task("crop", total=None, crops=0)
-        self.crops = 0
-        self.started = False
+    def __init__(self) -> None:
+        self.bars = ProgressBars()
+        self.total = self.done = self.crops = 0
 
     def start(self, total: int) -> None:
-        self.bar.update(self.task, total=total)
-        if total:  # in a pipe or a log file the console prints it as a plain line every 30 s instead
-            self.bar.start()
-            self.started = True
+        self.total = total
 
     def advance(self, result: CropResult) -> None:
+        self.done += 1
         self.crops += len(result.crops)
-        self.bar.update(self.task, advance=1, crops=self.crops)
+        self.bars.update("cropping", self.done, self.total, f"{self.crops} crops")
 
     def stop(self) -> None:
-        if self.started:  # rich prints an empty line when stopping a bar that never ran
-            self.bar.stop()
+        self.bars.close()
 
 
 def crop(
@@ -166,7 +157,7 @@ def crop(
         raise ConfigError(f"crop: {exc}") from exc
     if workers is not None and workers < 1:
         raise ConfigError("crop: --workers must be at least 1")
-    progress = _RichCropProgress(err_console if as_json else console)
+    progress = _CropProgress()
     try:
         summary = cropping.crop_posts(
             state.engine, state.store, settings, workers=workers, limit=limit, progress=progress

@@ -9,16 +9,21 @@ import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     ProgressColumn,
     Task,
-    TaskID,
-    TextColumn,
 )
 from rich.table import Table
 from rich.text import Text
 
-from animexpr.cli_common import JsonOption, console, err_console, get_settings, get_state, print_json
+from animexpr.cli_common import (
+    JsonOption,
+    ProgressBars,
+    console,
+    err_console,
+    get_settings,
+    get_state,
+    print_json,
+)
 from animexpr.harvest.policy import DEFAULT_EXCLUDED_TAGS, HarvestOptions, Variant, parse_ratings
 
 if TYPE_CHECKING:  # imported by the command itself, so that the other commands start fast
@@ -101,8 +106,10 @@ def harvest(
     with DanbooruClient(api_url, policy, credentials) as client:
         crawler = Crawler(state.engine, state.store, settings, client, options, names)
         try:
-            with _progress_display() as display:
-                crawler.on_progress = display.update
+            with ProgressBars(
+                (BarColumn(), MofNCompleteColumn(), _RateColumn(), _EtaColumn()), transient=False
+            ) as bars:
+                crawler.on_progress = _ClassProgress(bars)
                 summary = crawler.run()
         except HarvestError:
             done = CrawlSummary(crawler.tallies, api_requests=client.api_requests)
@@ -138,54 +145,22 @@ class _EtaColumn(ProgressColumn):
         )
 
 
-class _ProgressDisplay:
+class _ClassProgress:
     """One bar per class: downloaded of the target, with found / skipped / failed, rate and ETA."""
 
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description:<12}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "found {task.fields[found]}  skipped {task.fields[skipped]}  failed {task.fields[failed]}"
-            ),
-            _RateColumn(),
-            _EtaColumn(),
-            console=err_console,
-            transient=False,
-        )
-        self.tasks: dict[str, TaskID] = {}
+    def __init__(self, bars: ProgressBars) -> None:
+        self.bars = bars
         self.started = time.monotonic()
 
-    def update(self, tally: ClassTally) -> None:
-        task = self.tasks.get(tally.name)
-        if task is None:
-            task = self.progress.add_task(
-                tally.name, total=tally.total, completed=tally.have, found=0, skipped=0, failed=0
-            )
-            self.tasks[tally.name] = task
-        self.progress.update(
-            task,
-            total=max(tally.total, tally.have),
-            completed=tally.have,
-            found=tally.found,
-            skipped=tally.skipped,
-            failed=tally.failed,
+    def __call__(self, tally: ClassTally) -> None:
+        self.bars.update(
+            tally.name,
+            tally.have,
+            max(tally.total, tally.have),
+            f"found {tally.found}  skipped {tally.skipped}  failed {tally.failed}",
             rate=tally.downloaded / max(1e-6, time.monotonic() - self.started),
             exhausted=tally.exhausted,
         )
-
-    def __enter__(self) -> _ProgressDisplay:
-        self.started = time.monotonic()
-        self.progress.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.progress.stop()
-
-
-def _progress_display() -> _ProgressDisplay:
-    return _ProgressDisplay()
 
 
 def summary_dict(summary: CrawlSummary) -> dict[str, Any]:

@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from animexpr.cli_common import console, err_console, get_settings
+from animexpr.cli_common import ProgressBars, console, get_settings
 from animexpr.model.config import EvalProtocol, Reference
 
 if TYPE_CHECKING:  # torch is imported by the command itself, so that other commands start fast
-    from animexpr.model.evaluate import Progress as ProgressFn
-
-
-@contextmanager
-def _progress_bar() -> Iterator[ProgressFn]:
-    # On standard error: standard output holds the report (`--json` prints it there for scripts to read),
-    # and a console that is not a terminal prints progress lines.
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
+    pass
 
 
 def evaluate(
@@ -129,7 +104,9 @@ def evaluate(
         cache_dir=cache_dir,
         classifier=ClassifierConfig(epochs=classifier_epochs),
     )
-    with _progress_bar() as progress:
+    # On standard error: standard output holds the report (`--json` prints it there for scripts to read).
+    with ProgressBars() as bars:
+        progress = bars.update
         if images is not None:
             assert snapshot_folder is not None  # checked above
             size = image_size or DEFAULT_IMAGE_SIZE

@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from animexpr.cli_common import JsonOption, choices, console, err_console, get_settings, print_json
+from animexpr.cli_common import (
+    JsonOption,
+    ProgressBars,
+    choices,
+    console,
+    err_console,
+    get_settings,
+    print_json,
+)
 from animexpr.model.config import (
     ALL_VARIANTS,
     BASELINES,
@@ -188,10 +195,10 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the other processes show nothing
         result = run_training(cfg, runs_root, resume, None, vgg_download)
         return
-    bar = _progress_bar(_BASELINE_SHOWN if cfg.is_baseline else _SHOWN)
-    with bar as (progress_fn, _):
-        result = run_training(cfg, runs_root, resume, progress_fn, vgg_download)
-    summary = train_summary(cfg, result, bar.last_stats)
+    with ProgressBars(transient=False) as bars:
+        progress = _TrainProgress(bars, _BASELINE_SHOWN if cfg.is_baseline else _SHOWN)
+        result = run_training(cfg, runs_root, resume, progress, vgg_download)
+    summary = train_summary(cfg, result, progress.last_stats)
     if as_json:
         print_json(summary)
     if result.interrupted:
@@ -285,35 +292,18 @@ _SHOWN = ("D/loss_gp", "G/loss_fake", "G/loss_cls", "G/mask_mean", "ms_per_iter"
 _BASELINE_SHOWN = ("D/loss_real", "D/loss_fake", "G/loss_fake", "G/loss_rec", "ms_per_iter")
 
 
-class _progress_bar:
-    """A rich progress bar fed by the training loop's callback, with the latest losses beside it."""
+class _TrainProgress:
+    """Shows the training loop's callback `(iteration, total, stats)` as a bar with the latest losses beside
+    it, and keeps the newest stats row for the summary."""
 
-    def __init__(self, shown: tuple[str, ...]) -> None:
+    def __init__(self, bars: ProgressBars, shown: tuple[str, ...]) -> None:
+        self.bars = bars
         self.shown = shown
-        self.last_stats: dict[str, float] | None = None  # the newest stats row, for the summary
+        self.status = ""
+        self.last_stats: dict[str, float] | None = None
 
-    def __enter__(self) -> tuple[Any, Progress]:
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=err_console,  # beside the log lines, and never mixed into what a script reads from stdout
-        )
-        self.progress.start()
-        self.task = None
-
-        def update(iteration: int, total: int, stats: dict[str, float] | None) -> None:
-            if self.task is None:
-                self.task = self.progress.add_task("train", total=total, completed=iteration, status="")
-            if stats:
-                self.last_stats = dict(stats)
-                status = " ".join(f"{k.split('/')[-1]} {stats[k]:.3g}" for k in self.shown if k in stats)
-                self.progress.update(self.task, status=status)
-            self.progress.update(self.task, completed=iteration, total=total)
-
-        return update, self.progress
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+    def __call__(self, iteration: int, total: int, stats: dict[str, float] | None) -> None:
+        if stats:
+            self.last_stats = dict(stats)
+            self.status = " ".join(f"{k.split('/')[-1]} {stats[k]:.3g}" for k in self.shown if k in stats)
+        self.bars.update("train", iteration, total, self.status)

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from animexpr.cli_common import console, get_settings
+from animexpr.cli_common import ProgressBars, console, get_settings
 from animexpr.model.config import DEVICE_CHOICES
 
 benchmark_app = typer.Typer(help="Benchmarks with a known answer.", no_args_is_help=True)
@@ -113,8 +112,9 @@ def synthetic(
         prepare_out(out)
         folder = out
     console.print(f"benchmark folder: {folder}")
-    with _Bars() as bars:
-        report = run_benchmark(folder, options, bars.stage, bars.training)
+    with ProgressBars(transient=False) as bars:
+        stages = _Stages(bars)
+        report = run_benchmark(folder, options, stages.stage, stages.training)
     table = Table("variant", "seeds", "expr. acc.", "L1", "L1 out", "SSIM", "SSIM out", "IoU", "mask out",
                   "FID", "KID×1e3", "ms/iter", title=f"synthetic benchmark ({report['preset']})")  # fmt: skip
     for row in table_rows(report):
@@ -129,34 +129,19 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-class _Bars:
+class _Stages:
     """Stage lines, and one progress bar per training run."""
 
-    def __enter__(self) -> _Bars:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self.progress.start()
-        self.task: TaskID | None = None
+    def __init__(self, bars: ProgressBars) -> None:
+        self.bars = bars
         self.description = "train"
-        return self
 
     def stage(self, text: str) -> None:
-        self.progress.console.print(f"[bold]{text}")
+        self.bars.print(f"[bold]{text}")
         self.description = text
-        self.task = None
 
     def training(self, iteration: int, total: int, stats: dict[str, float] | None) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task(self.description, total=total)
-        self.progress.update(self.task, completed=iteration, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        self.bars.update(self.description, iteration, total)
 
 
 def register(app: typer.Typer) -> None:
