@@ -17,9 +17,10 @@ from pathlib import Path
 
 import uvicorn
 from PIL import Image, ImageDraw
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from animexpr.curate.review_app import bind_socket
+from animexpr.db.models import Crop, ReviewEvent
 from animexpr.db.session import session_scope
 from animexpr.store import FileStore
 from animexpr.testing.factories import CHROMIUM, CHROMIUM_FLAGS, crop_row, post_row
@@ -168,3 +169,17 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.socket.close()
+
+
+def stored_crop(engine: Engine, crop_id: int) -> Crop:
+    """The crop's row as the store has it now."""
+    with session_scope(engine) as session:
+        crop = session.get(Crop, crop_id)
+        assert crop is not None
+        return crop
+
+
+def review_events(engine: Engine) -> list[ReviewEvent]:
+    """Every review event, oldest first."""
+    with session_scope(engine) as session:
+        return list(session.scalars(select(ReviewEvent).order_by(ReviewEvent.id)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from manual_testdata import add_missed_post
-from review_testdata import SeededCrops
+from review_testdata import SeededCrops, review_events, stored_crop
 from sqlalchemy import Engine, func, select
 
 from animexpr.config import Settings
@@ -44,18 +44,6 @@ def cropper(engine: Engine, store: FileStore, settings: Settings, seeded: Seeded
     return ManualCropper(engine, store, settings.class_names)
 
 
-def crop_row(engine: Engine, crop_id: int) -> Crop:
-    with session_scope(engine) as session:
-        crop = session.get(Crop, crop_id)
-        assert crop is not None
-        return crop
-
-
-def events(engine: Engine) -> list[ReviewEvent]:
-    with session_scope(engine) as session:
-        return list(session.scalars(select(ReviewEvent).order_by(ReviewEvent.id)))
-
-
 def crop_files(store: FileStore) -> set[Path]:
     return set((store.home / "crops").rglob("*.png"))
 
@@ -71,7 +59,7 @@ def test_a_hand_crop_is_cut_like_a_detected_one_stored_and_accepted(
     assert 1 in queued(cropper)
     before = queue_stats(queue)["classes"]["sad"]["accepted"]
     result = cropper.crop(ManualBox(1, 100, 50, 200), "alice")
-    crop = crop_row(engine, result.crop_id)
+    crop = stored_crop(engine, result.crop_id)
     assert (crop.detector, crop.label, crop.state, crop.size_px) == ("manual", "sad", "accepted", 128)
     assert (crop.crop_x, crop.crop_y, crop.crop_size) == (100, 50, 200)
     assert (crop.box_x, crop.box_y, crop.box_w, crop.box_h) == (100, 50, 200, 200)
@@ -79,7 +67,7 @@ def test_a_hand_crop_is_cut_like_a_detected_one_stored_and_accepted(
     assert crop.detector_settings["square"] == [100, 50, 200]
     expected = resize_square(cut_square(rgb, Square(100, 50, 200)), 128)
     assert np.array_equal(decode_image(store.abspath(crop.file_relpath)).rgb, expected)
-    [event] = events(engine)
+    [event] = review_events(engine)
     assert (event.crop_id, event.reviewer, event.decision) == (crop.id, "alice", "crop")
     assert (event.state_before, event.state_after) == ("rejected", "accepted")
     assert queue_stats(queue)["classes"]["sad"]["accepted"] == before + 1
@@ -89,7 +77,7 @@ def test_a_hand_crop_is_cut_like_a_detected_one_stored_and_accepted(
     # Undo takes it out of the dataset and puts the post back into the queue.
     [undone] = queue.undo_last("alice")
     assert (undone.crop_id, undone.state_after) == (crop.id, "rejected")
-    assert crop_row(engine, crop.id).state == "rejected"
+    assert stored_crop(engine, crop.id).state == "rejected"
     assert queue_stats(queue)["classes"]["sad"]["accepted"] == before
     assert 1 in queued(cropper)
     assert queue.undo_last("alice") == []
@@ -141,8 +129,8 @@ def test_cropping_a_post_again_replaces_the_earlier_hand_crop_in_one_undoable_ba
     second = cropper.crop(ManualBox(1, 300, 100, 150), "alice")
     assert second.crop_id != first.crop_id
     assert [r.crop_id for r in second.replaced] == [first.crop_id]
-    assert crop_row(engine, first.crop_id).state == "rejected"
-    assert crop_row(engine, second.crop_id).state == "accepted"
+    assert stored_crop(engine, first.crop_id).state == "rejected"
+    assert stored_crop(engine, second.crop_id).state == "accepted"
     # The same square again is the same crop: nothing changes.
     again = cropper.crop(ManualBox(1, 300, 100, 150), "bob")
     assert (again.crop_id, again.changed, again.replaced) == (second.crop_id, False, ())
@@ -153,7 +141,7 @@ def test_cropping_a_post_again_replaces_the_earlier_hand_crop_in_one_undoable_ba
         (second.crop_id, "rejected"),
     }
     queue.undo_last("alice")
-    assert crop_row(engine, first.crop_id).state == "rejected"
+    assert stored_crop(engine, first.crop_id).state == "rejected"
     # Cropping the undone square again accepts the same row anew.
     redo = cropper.crop(ManualBox(1, 0, 0, 200), "alice")
     assert (redo.crop_id, redo.changed) == (first.crop_id, True)
@@ -204,7 +192,7 @@ def test_candidates_are_the_rejected_crops_squares_fitted_inside(
     crop_id = seeded.ids[0]
     queue.lease_next("alice")
     queue.decide("alice", crop_id, "reject")
-    crop = crop_row(engine, crop_id)
+    crop = stored_crop(engine, crop_id)
     found = cropper.candidates(crop.post_id)
     assert found["min_side"] == 64
     assert found["candidates"] == [
@@ -243,10 +231,10 @@ def test_crop_many_is_one_batch_and_bad_lines_are_reported_by_number(
         (8, "post 77"),
     ]
     assert sorted(r.post_id for r in report.results) == [1, 2, 3]  # line 9 mends line 5
-    assert len({e.batch_id for e in events(engine)}) == 1
+    assert len({e.batch_id for e in review_events(engine)}) == 1
     undone = queue.undo_last("carol")
     assert len(undone) == 3
-    assert all(crop_row(engine, r.crop_id).state == CropState.REJECTED for r in report.results)
+    assert all(stored_crop(engine, r.crop_id).state == CropState.REJECTED for r in report.results)
 
 
 def test_a_boxes_file_without_the_header_is_refused_whole(tmp_path: Path) -> None:

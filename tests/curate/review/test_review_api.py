@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from review_testdata import LiveServer, SeededCrops
+from review_testdata import LiveServer, SeededCrops, review_events
 from sqlalchemy import Engine, select
 from starlette.testclient import TestClient
 
@@ -19,7 +19,7 @@ from animexpr.curate.review_app import (
     create_app,
     listen_warning,
 )
-from animexpr.db.models import Crop, ReviewEvent
+from animexpr.db.models import Crop
 from animexpr.db.session import session_scope
 from animexpr.store import FileStore
 
@@ -44,11 +44,6 @@ def token_client(engine: Engine, settings: Settings, seeded: SeededCrops) -> Ite
 
 def _post(client: TestClient, path: str, body: dict[str, Any], **headers: str) -> httpx.Response:
     return client.post(path, json=body, headers={**SAME_ORIGIN, **headers})
-
-
-def _events(engine: Engine) -> list[ReviewEvent]:
-    with session_scope(engine) as session:
-        return list(session.scalars(select(ReviewEvent).order_by(ReviewEvent.id)))
 
 
 def test_page_and_its_files_are_served_with_a_strict_policy(client: TestClient) -> None:
@@ -92,7 +87,7 @@ def test_next_decide_undo_through_the_api(client: TestClient, engine: Engine, se
     _post(client, "/api/decide", {"crop_id": second, "decision": "reject"})
     relabel = _post(client, "/api/decide", {"crop_id": third, "decision": "relabel", "label": "sad"})
     assert relabel.json()["result"]["label_after"] == "sad"
-    assert [(e.crop_id, e.decision, e.reviewer) for e in _events(engine)] == [
+    assert [(e.crop_id, e.decision, e.reviewer) for e in review_events(engine)] == [
         (first, "accept", "alice"),
         (second, "reject", "alice"),
         (third, "relabel" if seeded.labels[third] != "sad" else "accept", "alice"),
@@ -160,7 +155,7 @@ def test_state_changes_need_the_pages_own_origin(client: TestClient, engine: Eng
     assert client.post("/api/decide", json=body).status_code == 403
     assert client.post("/api/decide", json=body, headers={"Origin": "http://evil.example"}).status_code == 403
     assert client.post("/api/decide", json=body, headers={"Origin": "null"}).status_code == 403
-    assert _events(engine) == []
+    assert review_events(engine) == []
 
 
 def test_without_a_token_only_loopback_names_are_answered(client: TestClient) -> None:

@@ -13,13 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from review_testdata import CHROMIUM, CHROMIUM_FLAGS, LiveServer, SeededCrops, seed_crops
+from review_testdata import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    LiveServer,
+    SeededCrops,
+    review_events,
+    seed_crops,
+    stored_crop,
+)
 from sqlalchemy import Engine, select
 
 from animexpr.config import Settings
 from animexpr.curate.review import ReviewerTokens
 from animexpr.curate.review_app import ReviewAppConfig, create_app
-from animexpr.db.models import Crop, ReviewEvent, ReviewLease
+from animexpr.db.models import ReviewLease
 from animexpr.db.session import session_scope
 from animexpr.store import FileStore
 
@@ -120,18 +128,6 @@ def full_grid_page(page: Any) -> int:
     return grid_page_size(page)
 
 
-def events(engine: Engine) -> list[ReviewEvent]:
-    with session_scope(engine) as session:
-        return list(session.scalars(select(ReviewEvent).order_by(ReviewEvent.id)))
-
-
-def crop_row(engine: Engine, crop_id: int) -> Crop:
-    with session_scope(engine) as session:
-        crop = session.get(Crop, crop_id)
-        assert crop is not None
-        return crop
-
-
 def test_single_mode_keys_accept_reject_relabel_undo(
     open_page: Callable[..., Any], engine: Engine, settings: Settings, crops: SeededCrops
 ) -> None:
@@ -144,30 +140,33 @@ def test_single_mode_keys_accept_reject_relabel_undo(
     new_label = next(name for name in settings.class_names if name != crops.labels[third])
     press(page, str(settings.class_names.index(new_label) + 1))
     fourth = wait_for_crop_change(page, third)
-    assert [(e.crop_id, e.decision, e.reviewer) for e in events(engine)] == [
+    assert [(e.crop_id, e.decision, e.reviewer) for e in review_events(engine)] == [
         (first, "accept", "alice"),
         (second, "reject", "alice"),
         (third, "relabel", "alice"),
     ]
-    assert crop_row(engine, first).state == "accepted"
-    assert crop_row(engine, second).state == "rejected"
-    assert (crop_row(engine, third).state, crop_row(engine, third).label) == ("accepted", new_label)
+    assert stored_crop(engine, first).state == "accepted"
+    assert stored_crop(engine, second).state == "rejected"
+    assert (stored_crop(engine, third).state, stored_crop(engine, third).label) == ("accepted", new_label)
 
     # u undoes the relabel and shows that crop again; Backspace then undoes the reject.
     press(page, "u", "/api/undo")
     assert wait_for_crop_change(page, fourth) == third
-    assert (crop_row(engine, third).state, crop_row(engine, third).label) == ("pending", crops.labels[third])
+    assert (stored_crop(engine, third).state, stored_crop(engine, third).label) == (
+        "pending",
+        crops.labels[third],
+    )
     press(page, "Backspace", "/api/undo")
     assert wait_for_crop_change(page, third) == second
-    assert crop_row(engine, second).state == "pending"
-    assert [e.decision for e in events(engine)] == ["accept", "reject", "relabel", "undo", "undo"]
+    assert stored_crop(engine, second).state == "pending"
+    assert [e.decision for e in review_events(engine)] == ["accept", "reject", "relabel", "undo", "undo"]
 
     # k goes back to an earlier decision, which can be changed; j moves forward again.
     page.keyboard.press("k")
     assert wait_for_crop_change(page, second) == first
     assert page.text_content("#state-badge").startswith("accepted")
     press(page, "x")
-    assert crop_row(engine, first).state == "rejected"
+    assert stored_crop(engine, first).state == "rejected"
     assert current_crop(page) == second
     assert page.errors == []
 
@@ -186,8 +185,8 @@ def test_reload_in_the_middle_loses_nothing_and_resumes(
     page.reload()
     page.wait_for_selector("body[data-ready='1']", timeout=15000)
     assert current_crop(page) == waiting  # the same crop, still leased to alice
-    assert [e.crop_id for e in events(engine)] == decided
-    assert [crop_row(engine, c).state for c in decided] == ["accepted", "accepted", "rejected", "accepted"]
+    assert [e.crop_id for e in review_events(engine)] == decided
+    assert [stored_crop(engine, c).state for c in decided] == ["accepted", "accepted", "rejected", "accepted"]
     # The history came back with the page: k walks back over the decisions made before the reload.
     page.keyboard.press("k")
     assert wait_for_crop_change(page, waiting) == decided[-1]
@@ -215,7 +214,7 @@ def test_grid_mode_marks_then_enter_then_undo(
     assert len(page.query_selector_all("#grid .tile.marked")) == 3
     saved = press(page, "Enter", "/api/grid")
     assert len(saved["results"]) == size
-    rows = {e.crop_id: e for e in events(engine)}
+    rows = {e.crop_id: e for e in review_events(engine)}
     assert set(rows) == set(page_ids)
     assert {c for c, e in rows.items() if e.state_after == "rejected"} == marked
     assert len({e.batch_id for e in rows.values()}) == 1
@@ -232,7 +231,7 @@ def test_grid_mode_marks_then_enter_then_undo(
         int(tile.get_attribute("data-id")) for tile in page.query_selector_all("#grid .tile.marked")
     }
     assert marked_again == marked
-    assert all(crop_row(engine, c).state == "pending" for c in page_ids)
+    assert all(stored_crop(engine, c).state == "pending" for c in page_ids)
     assert page.errors == []
 
 
@@ -250,7 +249,7 @@ def test_two_reviewers_at_once_never_see_the_same_crop(
             wait_for_crop_change(page, shown)
     assert not set(seen["alice"]) & set(seen["bob"])
     by_reviewer: dict[str, set[int]] = {"alice": set(), "bob": set()}
-    for event in events(engine):
+    for event in review_events(engine):
         by_reviewer[event.reviewer].add(event.crop_id)
     assert by_reviewer == {"alice": set(seen["alice"]), "bob": set(seen["bob"])}
     # What each page holds ahead is leased to that reviewer alone.
@@ -313,8 +312,8 @@ def test_token_login_in_the_browser_keeps_the_secret_out_of_the_page(
             assert page.is_disabled("#reviewer-name")
             shown = current_crop(page)
             press(page, "x")
-            assert crop_row(engine, shown).state == "rejected"
-            assert [(e.crop_id, e.reviewer) for e in events(engine)] == [(shown, "bob")]
+            assert stored_crop(engine, shown).state == "rejected"
+            assert [(e.crop_id, e.reviewer) for e in review_events(engine)] == [(shown, "bob")]
         finally:
             context.close()
 
@@ -355,9 +354,9 @@ def test_grid_page_is_the_whole_rows_that_fit_and_enter_decides_only_those(
             page.keyboard.press("Space")
             saved = press(page, "Enter", "/api/grid")
             assert sorted(result["crop_id"] for result in saved["results"]) == sorted(shown)
-            decided = {event.crop_id: event.state_after for event in events(engine)}
+            decided = {event.crop_id: event.state_after for event in review_events(engine)}
             assert decided == dict.fromkeys(shown[1:], "accepted") | {shown[0]: "rejected"}
-            assert all(crop_row(engine, c).state == "pending" for c in set(crops.ids) - set(shown))
+            assert all(stored_crop(engine, c).state == "pending" for c in set(crops.ids) - set(shown))
             assert errors == []
         finally:
             context.close()

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from review_testdata import SeededCrops, seed_crops
+from review_testdata import SeededCrops, review_events, seed_crops, stored_crop
 from sqlalchemy import Engine, select, update
 
 from animexpr.config import Settings
@@ -37,18 +37,6 @@ def any_queue(any_db_url: str, home: Path, settings: Settings) -> tuple[ReviewQu
     store = FileStore(home)
     store.create_areas()
     return ReviewQueue(engine, settings.class_names), seed_crops(engine, store, settings.class_names, 6)
-
-
-def _crop(engine: Engine, crop_id: int) -> Crop:
-    with session_scope(engine) as session:
-        crop = session.get(Crop, crop_id)
-        assert crop is not None
-        return crop
-
-
-def _events(engine: Engine) -> list[ReviewEvent]:
-    with session_scope(engine) as session:
-        return list(session.scalars(select(ReviewEvent).order_by(ReviewEvent.id)))
 
 
 def _worst_first_key(seeded: SeededCrops, crop_id: int, crop_size: int) -> tuple[float, int, int]:
@@ -120,9 +108,9 @@ def test_decisions_append_events_and_update_the_crop(any_queue: tuple[ReviewQueu
         seeded.labels[third],
         other,
     )
-    assert _crop(queue.engine, third).label == other
-    assert _crop(queue.engine, third).state == CropState.ACCEPTED
-    events = _events(queue.engine)
+    assert stored_crop(queue.engine, third).label == other
+    assert stored_crop(queue.engine, third).state == CropState.ACCEPTED
+    events = review_events(queue.engine)
     assert [(e.crop_id, e.reviewer, e.decision) for e in events] == [
         (first, "alice", "accept"),
         (second, "alice", "reject"),
@@ -132,7 +120,7 @@ def test_decisions_append_events_and_update_the_crop(any_queue: tuple[ReviewQueu
     with session_scope(queue.engine) as session:
         assert session.get(ReviewLease, first) is None
     assert not queue.decide("alice", first, "accept").changed
-    assert len(_events(queue.engine)) == 3
+    assert len(review_events(queue.engine)) == 3
 
 
 def test_bad_decisions_are_refused(any_queue: tuple[ReviewQueue, SeededCrops]) -> None:
@@ -147,7 +135,7 @@ def test_bad_decisions_are_refused(any_queue: tuple[ReviewQueue, SeededCrops]) -
     bobs = queue.lease_next("bob", count=1)[0]["id"]
     with pytest.raises(LeaseConflict, match="bob"):
         queue.decide("alice", bobs, "accept")
-    assert _events(queue.engine) == []
+    assert review_events(queue.engine) == []
 
 
 def test_undo_walks_back_through_every_decision(any_queue: tuple[ReviewQueue, SeededCrops]) -> None:
@@ -157,14 +145,14 @@ def test_undo_walks_back_through_every_decision(any_queue: tuple[ReviewQueue, Se
     queue.decide("alice", b, "reject")
     queue.decide("alice", a, "reject")  # changed her mind after going back
     assert [r.crop_id for r in queue.undo_last("alice")] == [a]
-    assert _crop(queue.engine, a).state == CropState.ACCEPTED
+    assert stored_crop(queue.engine, a).state == CropState.ACCEPTED
     assert [r.crop_id for r in queue.undo_last("alice")] == [b]
-    assert _crop(queue.engine, b).state == CropState.PENDING
+    assert stored_crop(queue.engine, b).state == CropState.PENDING
     undone = queue.undo_last("alice")
     assert [(r.crop_id, r.decision, r.state_after) for r in undone] == [(a, "undo", "pending")]
     assert queue.undo_last("alice") == []
     assert queue.undo_last("nobody") == []
-    events = _events(queue.engine)
+    events = review_events(queue.engine)
     assert [e.decision for e in events] == ["accept", "reject", "reject", "undo", "undo", "undo"]
     assert [e.undoes_event_id for e in events[3:]] == [events[2].id, events[1].id, events[0].id]
     # The undone crop is leased back to alice so her page can show it again.
@@ -181,7 +169,7 @@ def test_undo_skips_decisions_someone_else_has_overridden(any_queue: tuple[Revie
     queue.decide("alice", b, "accept")
     queue.decide("bob", b, "reject")
     assert [r.crop_id for r in queue.undo_last("alice")] == [a]
-    assert _crop(queue.engine, b).state == CropState.REJECTED  # bob's decision stands
+    assert stored_crop(queue.engine, b).state == CropState.REJECTED  # bob's decision stands
 
 
 def test_grid_page_is_one_batch_and_one_undo(any_queue: tuple[ReviewQueue, SeededCrops]) -> None:
@@ -193,12 +181,12 @@ def test_grid_page_is_one_batch_and_one_undo(any_queue: tuple[ReviewQueue, Seede
         **dict.fromkeys(page[:2], "rejected"),
         **dict.fromkeys(page[2:], "accepted"),
     }
-    batch_ids = {e.batch_id for e in _events(queue.engine)}
+    batch_ids = {e.batch_id for e in review_events(queue.engine)}
     assert len(batch_ids) == 1
     assert None not in batch_ids
     undone = queue.undo_last("alice")
     assert sorted(r.crop_id for r in undone) == sorted(page)
-    assert all(_crop(queue.engine, crop_id).state == CropState.PENDING for crop_id in page)
+    assert all(stored_crop(queue.engine, crop_id).state == CropState.PENDING for crop_id in page)
 
 
 def test_grid_page_leaves_out_crops_on_another_screen(any_queue: tuple[ReviewQueue, SeededCrops]) -> None:
@@ -308,15 +296,15 @@ def test_bulk_accept_by_class_and_score(queue: ReviewQueue, seeded: SeededCrops,
     }
     queue_filter = QueueFilter(labels=("smile",), min_score=0.4)
     assert queue.bulk_accept(queue_filter, dry_run=True) == len(wanted)
-    assert _events(engine) == []
+    assert review_events(engine) == []
     assert queue.bulk_accept(queue_filter) == len(wanted)
-    events = _events(engine)
+    events = review_events(engine)
     assert {e.crop_id for e in events} == wanted
     assert {e.reviewer for e in events} == {"bulk-accept"}
-    assert _crop(engine, leased_by_bob).state == CropState.PENDING
+    assert stored_crop(engine, leased_by_bob).state == CropState.PENDING
     assert queue.bulk_accept(queue_filter) == 0
     assert len(queue.undo_last("bulk-accept")) == len(wanted)
-    assert all(_crop(engine, c).state == CropState.PENDING for c in wanted)
+    assert all(stored_crop(engine, c).state == CropState.PENDING for c in wanted)
 
 
 def test_stats_count_per_class_and_estimate_from_pace(
@@ -403,8 +391,8 @@ def test_export_then_import_round_trip(
         len(rows) - 2,
         [],
     )
-    assert _crop(engine, int(rows[2]["crop_id"])).label == rows[2]["label"]
-    assert [e.decision for e in _events(engine)][-2:] == [Decision.ACCEPT, Decision.RELABEL]
+    assert stored_crop(engine, int(rows[2]["crop_id"])).label == rows[2]["label"]
+    assert [e.decision for e in review_events(engine)][-2:] == [Decision.ACCEPT, Decision.RELABEL]
     again = import_csv(queue, edited)
     assert (again.applied, again.unchanged) == (0, len(rows))
 
@@ -412,7 +400,7 @@ def test_export_then_import_round_trip(
 def test_import_reports_bad_lines_and_applies_the_rest(
     queue: ReviewQueue, seeded: SeededCrops, engine: Engine, tmp_path: Path
 ) -> None:
-    crop = _crop(engine, seeded.ids[3])
+    crop = stored_crop(engine, seeded.ids[3])
     lines = [
         "crop_id,sha256,state,label",
         f"{seeded.ids[0]},,rejected,",
@@ -436,9 +424,9 @@ def test_import_reports_bad_lines_and_applies_the_rest(
         (7, "state"),
         (9, "crop_id"),
     ]
-    assert _crop(engine, seeded.ids[0]).state == CropState.REJECTED
-    assert _crop(engine, seeded.ids[3]).state == CropState.ACCEPTED
-    assert {e.reviewer for e in _events(engine)} == {"lab-sheet"}
+    assert stored_crop(engine, seeded.ids[0]).state == CropState.REJECTED
+    assert stored_crop(engine, seeded.ids[3]).state == CropState.ACCEPTED
+    assert {e.reviewer for e in review_events(engine)} == {"lab-sheet"}
 
 
 def test_import_needs_the_columns(queue: ReviewQueue, tmp_path: Path) -> None:
