@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from animexpr import demo
 from animexpr.demo import write_scripted_decisions
+from animexpr.errors import AnimexprError
 
 PER_CLASS = 8
 CLASSES = 4
@@ -110,3 +112,21 @@ def test_the_closing_hints_name_a_command_that_runs_in_a_new_shell(monkeypatch: 
     assert Path(demo.runnable_command()).resolve() == venv_command.resolve()
     monkeypatch.setattr(demo.shutil, "which", lambda name: str(venv_command))  # the venv is active
     assert demo.runnable_command() == "animexpr"
+
+
+class _StepReturning:
+    """A root command whose every step ends with `status`, as click's main returns it without exiting."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def main(self, args: list[str], *, standalone_mode: bool) -> int:
+        return self.status
+
+
+def test_an_interrupted_step_stops_the_demo_as_interrupted_a_failed_one_as_an_error(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):  # the root group turns it into "interrupted", status 130
+        demo._Stepper(_StepReturning(130), tmp_path, None).run("crop")
+    with pytest.raises(AnimexprError, match="`crop` failed with status 1"):
+        demo._Stepper(_StepReturning(1), tmp_path, None).run("crop")
+    demo._Stepper(_StepReturning(0), tmp_path, None).run("crop")

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
-from animexpr.cli_common import console, get_settings
+from animexpr.cli_common import EXIT_INTERRUPTED, console, get_settings
 from animexpr.config import RUNS_DIR_NAME
 from animexpr.errors import AnimexprError
 
@@ -287,6 +287,8 @@ class _Stepper:
         console.rule(f"[bold]$ animexpr {shown}", align="left")
         started = time.monotonic()
         result = self.root.main(args=[*self.global_options, *args], standalone_mode=False)
+        if result == EXIT_INTERRUPTED:  # the step said what it kept; the demo stops as interrupted too
+            raise KeyboardInterrupt
         if isinstance(result, int) and result != 0:
             raise AnimexprError(f"demo step `{args[0]}` failed with status {result}")
         console.print(f"[dim]({time.monotonic() - started:.1f} s)[/]")
