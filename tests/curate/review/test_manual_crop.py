@@ -33,7 +33,7 @@ from animexpr.curate.manual_crop import (
 from animexpr.curate.review import ReviewQueue
 from animexpr.curate.review_stats import queue_stats
 from animexpr.db.models import Crop, CropState, Post, PostState, ReviewEvent
-from animexpr.db.session import session_scope
+from animexpr.db.session import open_db, session_scope
 from animexpr.images import decode_image, encode_png
 from animexpr.store import FileStore
 
@@ -286,3 +286,24 @@ def test_several_faces_candidates_are_the_detectors_faces_cut_like_the_crop_stag
             detected.crop_size,
         )
         assert by_hand.sha256 == detected.sha256  # the same pixels, byte for byte
+
+
+def test_hand_crops_replace_and_undo_on_sqlite_and_postgresql(
+    any_db_url: str, home: Path, settings: Settings
+) -> None:
+    engine = open_db(any_db_url)
+    store = FileStore(home)
+    store.create_areas()
+    add_missed_post(engine, store, 1)
+    add_missed_post(engine, store, 2, outcome="several_faces", faces_found=2)
+    cropper = ManualCropper(engine, store, settings.class_names)
+    queue = ReviewQueue(engine, settings.class_names)
+    assert [item["id"] for item in cropper.needing_crops()] == [2, 1]  # several faces before no face
+    first = cropper.crop(ManualBox(1, 0, 0, 200), "alice")
+    second = cropper.crop(ManualBox(1, 300, 100, 150), "alice")
+    assert [r.crop_id for r in second.replaced] == [first.crop_id]
+    assert [item["id"] for item in cropper.needing_crops()] == [2]
+    undone = {(r.crop_id, r.state_after) for r in queue.undo_last("alice")}
+    assert undone == {(first.crop_id, "accepted"), (second.crop_id, "rejected")}
+    assert stored_crop(engine, first.crop_id).detector == "manual"
+    assert [e.decision for e in review_events(engine)].count("crop") == 2
