@@ -4,9 +4,9 @@ Run it in an environment where that extension works: Python 3.11 with Pillow<12,
 (the wheel's C extension reads Pillow's internal image struct, which Pillow 12 changed). animexpr itself is
 not needed there. From the repository root:
 
-    python3.11 -m venv /tmp/af11
-    /tmp/af11/bin/pip install 'pillow<12' numpy animeface==2.0.3
-    ANIMEXPR_ASSETS=path/to/assets /tmp/af11/bin/python tests/data/record_animeface_reference.py
+    python3.11 -m venv ../animeface-2.0.3-env
+    ../animeface-2.0.3-env/bin/pip install 'pillow<12' numpy animeface==2.0.3
+    ANIMEXPR_ASSETS=path/to/assets ../animeface-2.0.3-env/bin/python tests/data/record_animeface_reference.py
 
 It writes `tests/data/animeface_reference.json`: for each image its name, size, the sha256 of its RGB pixels
 (so that a test on another Pillow can tell a decoder difference from a detector difference) and every face
