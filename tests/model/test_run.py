@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,3 +88,12 @@ def test_resume_takes_a_state_file_only_from_a_checkpoints_folder(snapshot_dir: 
         plan_run(tiny_config(snapshot_dir), tmp_path / "runs", resume=str(stray))
     with pytest.raises(AnimexprError, match="neither 'auto', a run folder nor a state file"):
         plan_run(tiny_config(snapshot_dir), tmp_path / "runs", resume=str(tmp_path / "missing"))
+
+
+def test_a_damaged_training_image_leaves_no_run_folder(snapshot_dir: Path, tmp_path: Path) -> None:
+    first = json.loads((snapshot_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    (snapshot_dir / first["file"]).write_bytes(b"not a picture any more")
+    runs_root = tmp_path / "runs"
+    with pytest.raises(AnimexprError):
+        train(tiny_config(snapshot_dir), runs_root)
+    assert not runs_root.exists() or not list(runs_root.iterdir())

@@ -90,7 +90,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     OSError when it cannot be read, SafetensorError when it is not a safetensors file.
     """
     with safe_open(path, framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.offset_keys()}, handle.metadata() or {}
+        names = handle.keys()  # safe_open is not iterable (and offset_keys needs safetensors 0.5.3)
+        return {name: handle.get_tensor(name) for name in names}, handle.metadata() or {}
 
 
 def load_generator_file(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

