@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import re
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ class Behaviour:
     status: int = 200
     send_only: int | None = None  # announce the whole body, send this many bytes, then hang up
     delay_s: float = 0.0  # before the body
+    stall_s: float = 0.0  # after the part sent (send_only), before hanging up
     requests: int = 0
 
 
@@ -50,6 +52,7 @@ class FileServer:
                 time.sleep(behaviour.delay_s)
                 self.wfile.write(behaviour.body[: behaviour.send_only])
                 self.wfile.flush()
+                time.sleep(behaviour.stall_s)
                 self.close_connection = True
 
             def log_message(self, *args: object) -> None:
@@ -150,6 +153,27 @@ def test_an_interrupted_transfer_leaves_nothing(server: FileServer, cache: dict[
     closed = "the connection closed after 100,000 of 1,048,576 bytes"
     assert f"downloading {server.url} failed ({closed})" in message
     assert files_in(Path(cache["ANIMEXPR_CACHE"])) == []
+
+
+def test_a_stall_after_the_headers_says_how_long_and_how_far(
+    server: FileServer, cache: dict[str, str]
+) -> None:
+    server.behaviour.send_only, server.behaviour.stall_s = 100_000, 2.0
+    with pytest.raises(DownloadError) as failure:
+        fetch_pinned(server.pinned(), environ=cache, chunk_bytes=4096, timeout_s=0.5, progress=False)
+    stalled = re.search(r"failed \(no data for 0\.5 s after ([\d,]+) bytes\)", str(failure.value))
+    assert stalled is not None, failure.value
+    assert 0 < int(stalled.group(1).replace(",", "")) <= 100_000
+    assert files_in(Path(cache["ANIMEXPR_CACHE"])) == []
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(server: FileServer, tmp_path: Path) -> None:
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    with pytest.raises(DownloadError) as failure:
+        fetch_pinned(server.pinned(), environ={"ANIMEXPR_CACHE": str(in_the_way)}, progress=False)
+    assert f"cannot write {in_the_way}" in str(failure.value)
+    assert "\n" not in str(failure.value)
 
 
 def test_an_http_error_is_named(server: FileServer, cache: dict[str, str]) -> None:

@@ -59,21 +59,43 @@ def test_a_usage_error_is_2(args: list[str], tmp_path: Path, capsys: pytest.Capt
     assert "Usage" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt, typer.Abort])
+def _abort_at_a_prompt() -> None:
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise typer.Abort() from None  # what click does with Ctrl-C at a prompt (its context is kept)
+
+
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop", [_ctrl_c, _abort_at_a_prompt])
 def test_ctrl_c_in_a_command_is_130_with_one_line(
-    stop: type[BaseException],
+    stop: Callable[[], None],
     store_home: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     def interrupted(*_args: object, **_kwargs: object) -> None:
-        raise stop()
+        stop()
 
     monkeypatch.setattr(snapshot, "list_snapshots", interrupted)
     assert run_main(["--home", str(store_home), "snapshot", "list"]) == EXIT_INTERRUPTED
     captured = capsys.readouterr()
     assert captured.err == "interrupted\n"  # not click's "Aborted!", no traceback
     assert captured.out == ""
+
+
+def test_an_abort_that_is_not_ctrl_c_stays_clicks(
+    store_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def declined(*_args: object, **_kwargs: object) -> None:
+        raise typer.Abort()  # a declined confirmation, or the end of input at a prompt
+
+    monkeypatch.setattr(snapshot, "list_snapshots", declined)
+    assert run_main(["--home", str(store_home), "snapshot", "list"]) == 1
+    assert "interrupted" not in capsys.readouterr().err
 
 
 def test_a_stage_that_says_what_it_kept_is_not_told_twice(
@@ -105,6 +127,7 @@ def test_ctrl_c_outside_any_command_is_130(
 def _environment() -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("ANIMEXPR_", "DANBOORU_"))}
     environment["COLUMNS"] = "160"
+    environment["ANIMEXPR_OFFLINE"] = "1"  # as for every test: nothing is downloaded
     return environment
 
 

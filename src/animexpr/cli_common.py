@@ -138,24 +138,27 @@ class ProgressBars:
         )
         self.tasks: dict[str, Any] = {}
         self.started = False
+        self._lock = threading.Lock()  # harvest reports from its download threads
 
     def update(self, task: str, done: float, total: float | None, status: str = "", **fields: Any) -> None:
         """Set `task`'s bar (made on first use) to `done` of `total`; `fields` feed the given columns."""
-        if not self.started:
-            self.progress.start()
-            self.started = True
-        if task not in self.tasks:
-            self.tasks[task] = self.progress.add_task(task, total=total, status=status, **fields)
-        self.progress.update(self.tasks[task], completed=done, total=total, status=status, **fields)
+        with self._lock:
+            if not self.started:
+                self.progress.start()
+                self.started = True
+            if task not in self.tasks:
+                self.tasks[task] = self.progress.add_task(task, total=total, status=status, **fields)
+            self.progress.update(self.tasks[task], completed=done, total=total, status=status, **fields)
 
     def print(self, text: str) -> None:
         """A line above the bars (a stage beginning)."""
         self.progress.console.print(text)
 
     def close(self) -> None:
-        if self.started:  # rich prints an empty line when stopping a display that never ran
-            self.progress.stop()
-            self.started = False
+        with self._lock:
+            if self.started:  # rich prints an empty line when stopping a display that never ran
+                self.progress.stop()
+                self.started = False
 
     def __enter__(self) -> ProgressBars:
         return self
@@ -296,9 +299,17 @@ class AnimexprGroup(typer.core.TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (KeyboardInterrupt, typer.Abort):
-            err_console.print("interrupted", highlight=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+        except typer.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C at a prompt, which click re-raises
+                raise self._interrupted() from None
+            raise  # a declined confirmation or the end of input: click's own "Aborted!" and status 1
+
+    @staticmethod
+    def _interrupted() -> typer.Exit:
+        err_console.print("interrupted", highlight=False)
+        return typer.Exit(EXIT_INTERRUPTED)
 
 
 def hide_flag_types() -> None:

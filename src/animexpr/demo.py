@@ -287,8 +287,8 @@ class _Stepper:
         console.rule(f"[bold]$ animexpr {shown}", align="left")
         started = time.monotonic()
         result = self.root.main(args=[*self.global_options, *args], standalone_mode=False)
-        if result == EXIT_INTERRUPTED:  # the step said what it kept; the demo stops as interrupted too
-            raise KeyboardInterrupt
+        if result == EXIT_INTERRUPTED:  # the step said so and what it kept; the demo stops with its status
+            raise typer.Exit(EXIT_INTERRUPTED)
         if isinstance(result, int) and result != 0:
             raise AnimexprError(f"demo step `{args[0]}` failed with status {result}")
         console.print(f"[dim]({time.monotonic() - started:.1f} s)[/]")

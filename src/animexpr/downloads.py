@@ -13,6 +13,7 @@ bar are imported only when a download starts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -97,6 +98,17 @@ def fetch_pinned(
     if is_offline(environ):
         raise DownloadError(pinned, target, f"{OFFLINE_ENV_VARIABLE} forbids downloads")
     timeouts = (timeout_s or CONNECT_TIMEOUT_S, timeout_s or READ_TIMEOUT_S)
+    try:
+        return _fetch_once(pinned, target, chunk_bytes, timeouts, progress)
+    except OSError as exc:  # the cache cannot be written: a file in the way, no permission, a full disk
+        reason = f"cannot write {target.parent} ({exc.strerror or exc})"
+        raise DownloadError(pinned, target, reason) from exc
+
+
+def _fetch_once(
+    pinned: PinnedFile, target: Path, chunk_bytes: int, timeouts: tuple[float, float], progress: bool
+) -> Path:
+    """Each URL in turn, under the lock beside `target`; DownloadError naming every failure."""
     failures = []
     with one_at_a_time(target):
         if target.is_file() and sha256_file(target) == pinned.sha256:
@@ -149,13 +161,20 @@ def _download(
     log.info("downloading %s from %s", pinned.what, url)
     response: requests.Response | None = None
     total: int | None = None
+    received = 0  # bytes handed to the file so far
+
+    def count(advance: Callable[[int], None], size: int) -> None:
+        nonlocal received
+        received += size
+        advance(size)
+
     try:
         with requests.get(url, stream=True, timeout=timeouts) as response:
             if response.status_code != 200:
                 raise _TransferFailed(f"HTTP {response.status_code} {response.reason}")
             total = _announced_size(response.headers) or pinned.size
             with _progress_bar(target.name, total, progress) as advance:
-                chunks = _counted(response.iter_content(chunk_bytes), advance)
+                chunks = _counted(response.iter_content(chunk_bytes), functools.partial(count, advance))
                 write_verified(chunks, target, pinned.sha256)
     except requests.exceptions.ChunkedEncodingError as exc:  # urllib3 checks the announced length
         received = response.raw.tell() if response is not None else 0  # bytes read from the socket
@@ -166,7 +185,15 @@ def _download(
     except requests.Timeout as exc:
         raise _TransferFailed(f"no data for {timeouts[1]:g} s") from exc
     except requests.RequestException as exc:
+        if _read_timed_out(exc):  # a stall after the headers: requests raises ConnectionError for it
+            raise _TransferFailed(f"no data for {timeouts[1]:g} s after {received:,} bytes") from exc
         raise _TransferFailed(_root_cause(exc)) from exc
+
+
+def _read_timed_out(exc: BaseException) -> bool:
+    from urllib3.exceptions import ReadTimeoutError
+
+    return any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
 
 
 def write_verified(chunks: Iterable[bytes], destination: Path, sha256: str) -> Path:

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from animexpr.cli_common import (
+    EXIT_INTERRUPTED,
     JsonOption,
     ProgressBars,
     console,
@@ -105,6 +106,7 @@ def harvest(
         settings.class_spec(name)  # unknown names fail here, before any request
     with DanbooruClient(api_url, policy, credentials) as client:
         crawler = Crawler(state.engine, state.store, settings, client, options, names)
+        started = time.monotonic()
         try:
             with ProgressBars(
                 (BarColumn(), MofNCompleteColumn(), _RateColumn(), _EtaColumn()), transient=False
@@ -112,13 +114,14 @@ def harvest(
                 crawler.on_progress = _ClassProgress(bars)
                 summary = crawler.run()
         except HarvestError:
-            done = CrawlSummary(crawler.tallies, api_requests=client.api_requests)
+            seconds = time.monotonic() - started
+            done = CrawlSummary(crawler.tallies, api_requests=client.api_requests, seconds=seconds)
             _show_summary(summary_dict(done), as_json)  # what was done
             raise
     _show_summary(summary_dict(summary), as_json)
     if summary.interrupted:
         err_console.print("interrupted; finished work is kept; run the same command again to continue")
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 class _RateColumn(ProgressColumn):
