@@ -206,11 +206,18 @@ def right_crops(run: DetectorRun, scenes: list[Scene]) -> int:
     return right
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def compare_detectors(assets: Path, scenes_count: int, workers: int) -> int:
     cascade = assets / "lbpcascade_animeface.xml"
     try:
         load_library()
-        names = DETECTOR_NAMES
+        names: tuple[str, ...] = DETECTOR_NAMES
     except AnimeFaceUnavailable as exc:
         print(f"animeface is not installed ({exc}): lbp only")
         names = DETECTOR_NAMES[:1]
@@ -250,7 +257,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--detectors", action="store_true", help="compare the detectors' yield and speed")
-    parser.add_argument("--scenes", type=int, default=10, help="Danbooru-like scenes for --detectors")
+    parser.add_argument(
+        "--scenes", type=_at_least_one, default=10, help="Danbooru-like scenes for --detectors (at least 1)"
+    )
     args = parser.parse_args()
     assets_value = os.environ.get("ANIMEXPR_ASSETS")
     if not assets_value or not Path(assets_value).is_dir():
