@@ -24,8 +24,9 @@ import torch
 from animexpr.model.classifier import ClassifierConfig
 from animexpr.model.compare import compare_runs
 from animexpr.model.data import write_folder_snapshot
-from animexpr.model.evaluate import EVAL_JSON, EVAL_TABLE, EvalOptions, evaluate_run
+from animexpr.model.evaluate import EvalOptions, evaluate_run
 from animexpr.model.run import config_for_run
+from animexpr.model.run_files import EVAL_JSON, EVAL_TABLE
 from animexpr.model.train import train
 
 VARIANTS = ("stargan", "ours")

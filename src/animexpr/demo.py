@@ -29,6 +29,7 @@ import typer
 from animexpr.cli_common import EXIT_INTERRUPTED, console, get_settings
 from animexpr.config import RUNS_DIR_NAME
 from animexpr.errors import AnimexprError
+from animexpr.model.run_files import EVAL_TABLE, SAMPLES_DIR, run_dirs
 
 DEMO_MARKER = ".animexpr-demo"
 # The drawn faces the model trains on: 2,000 identities, one expression each, as the synthetic benchmark's
@@ -318,7 +319,7 @@ def write_scripted_decisions(
 
 def newest_run(home: Path) -> Path:
     runs_root = home / RUNS_DIR_NAME
-    runs = sorted(path for path in runs_root.iterdir() if path.is_dir())
+    runs = run_dirs(runs_root)
     if not runs:
         raise AnimexprError(f"no training run in {runs_root}")
     return runs[-1]
@@ -335,7 +336,7 @@ def first_test_image(snapshot: Path) -> Path:
 
 
 def _print_where(home: Path, run: Path, seconds: float) -> None:
-    grids = sorted((run / "samples").glob("*.png")) if (run / "samples").is_dir() else []
+    grids = sorted((run / SAMPLES_DIR).glob("*.png")) if (run / SAMPLES_DIR).is_dir() else []
     console.rule("[bold green]demo finished")
     console.print(f"took {seconds / 60:.1f} min")
     console.print(f"store (database and files): {home}")
@@ -343,8 +344,8 @@ def _print_where(home: Path, run: Path, seconds: float) -> None:
     if grids:
         console.print(f"sample grid: {grids[-1]}")
     console.print(f"transformed faces: {home / 'transformed'}")
-    if (run / "eval.md").exists():
-        console.print(f"evaluation report: {run / 'eval.md'}")
+    if (run / EVAL_TABLE).exists():
+        console.print(f"evaluation report: {run / EVAL_TABLE}")
     console.print(f"review the crops yourself: {runnable_command()} --home {home} review")
 
 

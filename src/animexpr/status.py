@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,11 @@ from animexpr.model.run_files import (  # torch-free: `status` never loads torch
     CONFIG_FILE,
     EVAL_JSON,
     GENERATOR_NAME,
-    RUN_NAME,
     STATE_NAME,
     STATS_FILE,
+    numbered,
+    run_dirs,
+    stats_row,
 )
 
 
@@ -96,10 +97,9 @@ _STATS_TAIL_BYTES = 64 * 1024  # holds the last rows of stats.jsonl, however lon
 def collect_runs(runs_root: Path) -> list[dict[str, Any]]:
     """Each numbered run folder under `runs_root`, oldest first (a hidden folder is a run being set up)."""
     try:
-        folders = [p for p in runs_root.iterdir() if RUN_NAME.match(p.name) and p.is_dir()]
-    except OSError:  # no runs yet
+        folders = run_dirs(runs_root)
+    except OSError:  # an unreadable runs folder: no runs to show
         return []
-    folders.sort(key=lambda p: (int(p.name.split("-", 1)[0]), p.name))
     return [run_summary(folder) for folder in folders]
 
 
@@ -192,11 +192,8 @@ def _last_stats_row(path: Path, problems: list[str]) -> dict[str, Any] | None:
         problems.append(f"{path.name} unreadable ({exc.strerror})")
         return None
     for line in reversed(tail.splitlines()):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+        row = stats_row(line)
+        if row is not None:
             return row
     if tail.strip():
         problems.append(f"{path.name} holds no readable row")
@@ -206,22 +203,15 @@ def _last_stats_row(path: Path, problems: list[str]) -> dict[str, Any] | None:
 def _last_checkpoint(folder: Path, problems: list[str]) -> dict[str, Any] | None:
     """The iteration of the newest checkpoint file and when it was written (UTC)."""
     try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return None
+        found = numbered(folder, STATE_NAME) + numbered(folder, GENERATOR_NAME)
     except OSError as exc:
         problems.append(f"{folder.name}/ unreadable ({exc.strerror})")
         return None
-    found = [
-        (int(m.group(1)), name)
-        for name in names
-        if (m := STATE_NAME.match(name) or GENERATOR_NAME.match(name))
-    ]
     if not found:
         return None
-    iteration, name = max(found)
+    iteration, path = max(found)
     try:
-        mtime = (folder / name).stat().st_mtime
+        mtime = path.stat().st_mtime
     except OSError:  # pruned by a training run between the listing and now
         return {"iteration": iteration, "time": None}
     written = datetime.datetime.fromtimestamp(mtime, datetime.UTC)

@@ -162,3 +162,11 @@ def test_default_detector_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     expected = detect.DetectorChoice(LBP, "animeface not installed: pip install 'animexpr[animeface]'")
     assert choose_detector(None) == expected
     assert choose_detector("whole") == detect.DetectorChoice("whole", "chosen with --detector")
+
+
+def test_a_library_without_the_symbols_is_unavailable() -> None:
+    import _ctypes
+
+    other = Path(_ctypes.__file__)  # a shared library, but not libnvxs
+    with pytest.raises(animeface.AnimeFaceUnavailable, match=r"is not the libnvxs library animeface needs"):
+        animeface.AnimeFaceLibrary(other)

@@ -84,11 +84,24 @@ def test_box_makes_one_accepted_hand_crop_that_review_undo_takes_back(
         (["--box", "9", "0", "0", "100"], "post 9: no such post in the store"),
         (["--box", "1", "0", "0", "100", "--boxes", "x.csv"], "give either --box or --boxes, not both"),
         (["--box", "1", "0", "0", "100", "--reviewer", "no spaces"], "reviewer name 'no spaces'"),
+        (["--box", "0", "0", "0", "100"], "post_id 0: expected a post id (a whole number from 1 to"),
+        (["--box", str(2**63), "0", "0", "100"], "expected a post id (a whole number from 1 to"),
+        (["--box", "1", str(10**12), "0", "100"], "x 1000000000000: expected a whole number of pixels"),
+        (["--box", "1", "0", "0", "100", "--size", "0"], "size 0: hand crops are at least 8 px"),
+        (["--box", "1", "0", "0", "100", "--size", "7"], "size 7: hand crops are at least 8 px"),
+        (["--boxes", "x.csv", "--size", "-5"], "size -5: hand crops are at least 8 px"),
     ],
 )
 def test_a_bad_box_is_one_line_and_writes_nothing(
-    home: Path, engine: Engine, posts: dict[int, np.ndarray], args: list[str], message: str
+    home: Path,
+    engine: Engine,
+    posts: dict[int, np.ndarray],
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(home)
+    Path("x.csv").write_text("post_id,x,y,size\n1,0,0,100\n")
     code, _, err = animexpr(home, "crop", *args)
     assert code == 1
     assert message in " ".join(err.split())

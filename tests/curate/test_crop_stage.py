@@ -411,6 +411,34 @@ def test_crop_command_prints_a_summary_and_errors_in_one_line(
     assert "Traceback" not in missing.stderr
 
 
+def test_crop_without_detector_keeps_the_detector_of_the_stores_earlier_crops(
+    home: Path, engine: Engine, store: FileStore, posts: list[PostFile], cascade: Path
+) -> None:
+    """A store cropped with lbp is not cropped again by a newer default (lbp+animeface where installed)."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "COLUMNS": "200", "ANIMEXPR_CASCADE": str(cascade)}
+    command = [sys.executable, "-m", "animexpr", "--home", str(home), "crop", "--workers", "1"]
+    first = subprocess.run(
+        [*command, "--detector", "lbp"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert first.returncode == 0, first.stderr
+    done = len(attempts(engine))
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "cropped 0 of 1 posts" in again.stdout  # only the post whose file is missing, retried
+    assert len(attempts(engine)) == done
+    default = choose_detector(None).name
+    change = f"--detector {default}" if default != "lbp" else "--detector NAME"
+    assert f"detector lbp (the detector of this store's earlier crops; {change} to change)" in again.stdout
+
+
+def test_crop_refuses_zero_workers_as_a_usage_error(home: Path) -> None:
+    command = [sys.executable, "-m", "animexpr", "--home", str(home), "crop", "--workers", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--workers" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_crop_json_gives_the_summary_figures_and_the_default_detector(
     home: Path, engine: Engine, store: FileStore, posts: list[PostFile], cascade: Path
 ) -> None:

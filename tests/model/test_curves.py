@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +24,17 @@ from animexpr.config import Settings
 from animexpr.model import curves
 from animexpr.model.checkpoint import state_path
 from animexpr.model.curves import (
-    CURVES_PNG,
     PANELS,
-    TENSORBOARD_DIR,
     TrainingCurves,
     curves_image,
     logged_series,
     nice_ticks,
     panel_series,
-    read_stats_rows,
     write_curves_png,
 )
 from animexpr.model.evaluate import evaluate_run, headline
+from animexpr.model.run import RunWriter
+from animexpr.model.run_files import CURVES_PNG, TENSORBOARD_DIR, read_stats_rows
 from animexpr.model.train import train
 
 
@@ -250,3 +252,87 @@ def test_training_curves_without_tensorboard_write_only_the_picture(
     assert [row["iteration"] for row in run_curves.rows] == [10, 20, 30, 40]
     assert (tmp_path / CURVES_PNG).is_file()
     assert not (tmp_path / TENSORBOARD_DIR).exists()
+
+
+# --- the curves never stop training ---
+
+DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
+
+
+def _stats_file(folder: Path) -> Path:
+    stats = folder / "stats.jsonl"
+    stats.write_text("".join(json.dumps(row) + "\n" for row in _rows(3)))
+    return stats
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+
+
+def test_a_tensorboard_that_does_not_import_leaves_the_picture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(curves, "tensorboard_installed", lambda: True)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # its import raises ImportError
+    run_curves = TrainingCurves(tmp_path, _stats_file(tmp_path), start_iteration=30)
+    run_curves.close()
+    assert run_curves.tensorboard is None
+    assert (tmp_path / CURVES_PNG).is_file()
+    assert len(_warnings(caplog)) == 1
+    assert "tensorboard is installed but does not import" in _warnings(caplog)[0]
+
+
+def test_an_event_folder_that_cannot_be_written_leaves_the_picture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tensorboard = pytest.importorskip("torch.utils.tensorboard")
+
+    def failing_writer(*args: Any, **kwargs: Any) -> Any:
+        raise DISK_FULL
+
+    monkeypatch.setattr(tensorboard, "SummaryWriter", failing_writer)
+    run_curves = TrainingCurves(tmp_path, _stats_file(tmp_path), start_iteration=30)
+    run_curves.add(_rows(4)[-1] | {"iteration": 40})
+    run_curves.close()
+    assert run_curves.tensorboard is None
+    assert (tmp_path / CURVES_PNG).is_file()
+    assert [message.split(": ", 1)[1] for message in _warnings(caplog)] == [
+        "cannot write TensorBoard events ([Errno 28] No space left on device); training goes on without them"
+    ]
+
+
+def test_training_goes_on_when_the_picture_cannot_be_written(
+    snapshot_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(curves, "tensorboard_installed", lambda: False)
+
+    def disk_full(path: Path, data: bytes) -> None:
+        raise DISK_FULL
+
+    monkeypatch.setattr(curves, "atomic_write_bytes", disk_full)
+    cfg = tiny_config(snapshot_dir, variant="stargan", iters=4, log_every=1, sample_every=2)
+    result = train(cfg, tmp_path / "runs")
+    assert result.iteration == 4
+    assert result.generator_file is not None
+    assert result.generator_file.is_file()
+    assert not (result.run_dir / CURVES_PNG).exists()
+    curve_warnings = [message for message in _warnings(caplog) if "training curves" in message]
+    assert len(curve_warnings) == 1  # drawn three times, said once
+
+
+def test_an_error_closing_the_curves_never_hides_the_error_of_the_loop(
+    snapshot_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing_samples(self: RunWriter) -> Path:
+        raise RuntimeError("the sample grid failed")
+
+    def failing_close(self: TrainingCurves) -> None:
+        raise ValueError("closing the curves failed")
+
+    monkeypatch.setattr(RunWriter, "save_samples", failing_samples)
+    monkeypatch.setattr(TrainingCurves, "close", failing_close)
+    cfg = tiny_config(snapshot_dir, variant="stargan", iters=4, log_every=1, sample_every=2)
+    with pytest.raises(RuntimeError, match="the sample grid failed"):
+        train(cfg, tmp_path / "runs")
+    assert "the training curves could not be finished" in caplog.text
+    assert "closing the curves failed" in caplog.text  # the traceback of the second error is logged

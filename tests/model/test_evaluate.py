@@ -28,7 +28,6 @@ from animexpr.model.compare import EMPTY_TILE, MIN_TILE, TILE_GAP, CompareError,
 from animexpr.model.data import DATASET_FILE, MANIFEST_FILE, load_snapshot, write_folder_snapshot
 from animexpr.model.evaluate import (
     EVAL_JSON,
-    EVAL_TABLE,
     EvalOptions,
     EvaluationError,
     evaluate_run,
@@ -36,6 +35,7 @@ from animexpr.model.evaluate import (
 )
 from animexpr.model.inception import InceptionFeatures
 from animexpr.model.metrics import fid, kid
+from animexpr.model.run_files import EVAL_TABLE
 from animexpr.model.train import train
 from animexpr.store import sha256_bytes
 
@@ -313,3 +313,11 @@ def test_median_ms_per_iteration_skips_the_first_window(tmp_path: Path) -> None:
     lines += [{"iteration": 3, "ms_per_iter": 42.0}, {"iteration": 4, "ms_per_iter": 44.0}]
     (tmp_path / "stats.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
     assert median_ms_per_iteration(tmp_path) == 42.0
+
+
+def test_median_ms_per_iteration_skips_rows_that_are_no_rows(tmp_path: Path) -> None:
+    lines = [json.dumps({"iteration": i, "ms_per_iter": ms}) for i, ms in ((1, 900.0), (2, 40.0), (3, 42.0))]
+    lines.insert(2, "[1, 2]")  # valid JSON, but no row
+    lines.append('{"iteration": 4, "ms_per_iter": 4')  # the last line, cut short by a kill
+    (tmp_path / "stats.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    assert median_ms_per_iteration(tmp_path) == 41.0

@@ -1,4 +1,5 @@
-"""The run around a trainer: planning a run writes nothing, and a failed start leaves no run folder."""
+"""The run around a trainer: planning a run writes nothing, a failed start leaves no run folder, and which
+folders are runs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 import pytest
 from model_fixtures import tiny_config
 
+from animexpr.demo import newest_run
 from animexpr.errors import AnimexprError
-from animexpr.model.checkpoint import new_run_dir, run_dirs
+from animexpr.model.checkpoint import new_run_dir
 from animexpr.model.run import plan_run, record_run
-from animexpr.model.run_files import CONFIG_FILE
+from animexpr.model.run_files import CONFIG_FILE, run_dirs
 from animexpr.model.train import train
 from animexpr.model.vgg import VGG19_ENV_VARIABLE, WeightsMissingError
 
@@ -97,3 +99,21 @@ def test_a_damaged_training_image_leaves_no_run_folder(snapshot_dir: Path, tmp_p
     with pytest.raises(AnimexprError):
         train(tiny_config(snapshot_dir), runs_root)
     assert not runs_root.exists() or not list(runs_root.iterdir())
+
+
+def test_run_folders_are_ordered_by_number_and_a_staging_folder_is_no_run(tmp_path: Path) -> None:
+    runs_root = tmp_path / "runs"
+    for name in ("00009-snap-ours", "00010-snap-ours", ".tmp-k2j3h4", "notes"):
+        (runs_root / name).mkdir(parents=True)
+    (runs_root / "00011-a-file").write_text("not a run")
+    assert [path.name for path in run_dirs(runs_root)] == ["00009-snap-ours", "00010-snap-ours"]
+    assert run_dirs(tmp_path / "absent") == []
+    (runs_root / "9-by-hand").mkdir()  # the number counts, not the name as text
+    assert [path.name for path in run_dirs(runs_root)][-1] == "00010-snap-ours"
+    assert newest_run(tmp_path) == runs_root / "00010-snap-ours"  # the demo's home holds runs/ as well
+
+
+def test_the_demo_says_when_its_home_has_no_run(tmp_path: Path) -> None:
+    (tmp_path / "runs" / ".tmp-k2j3h4").mkdir(parents=True)  # a train step killed while setting up
+    with pytest.raises(AnimexprError, match="no training run"):
+        newest_run(tmp_path)

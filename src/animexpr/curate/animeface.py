@@ -129,11 +129,16 @@ class AnimeFaceLibrary:
             self._lib = ctypes.CDLL(str(path))
         except OSError as exc:
             raise AnimeFaceUnavailable(f"cannot load {path}: {exc}") from exc
-        self._declare()
-        self._networks = {
-            name: ctypes.c_void_p(ctypes.addressof(ctypes.c_byte.in_dll(self._lib, f"nv_face_mlp_{name}")))
-            for name in ("dir", "face_00", "face_01", "face_02", "parts")
-        }
+        try:
+            self._declare()
+            self._networks = {
+                name: ctypes.c_void_p(
+                    ctypes.addressof(ctypes.c_byte.in_dll(self._lib, f"nv_face_mlp_{name}"))
+                )
+                for name in ("dir", "face_00", "face_01", "face_02", "parts")
+            }
+        except (AttributeError, ValueError) as exc:  # a missing function / a missing network symbol
+            raise AnimeFaceUnavailable(f"{path} is not the libnvxs library animeface needs: {exc}") from exc
         # The bagging detectors as the extension passes them: a NULL-terminated array of two.
         self._bagging = (ctypes.c_void_p * 3)(self._networks["face_01"], self._networks["face_02"], None)
 

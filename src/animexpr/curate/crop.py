@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 CROP_ALGORITHM_VERSION: Final = 1
 # With several faces, the largest is "dominant" when its side is at least twice the next one's (4x the area).
 DEFAULT_DOMINANCE: Final = 2.0
+MIN_CROP_SIZE: Final = 8  # the smallest crop side, in pixels
+MANUAL_DETECTOR: Final = "manual"  # the detector of crops made by hand (see manual_crop)
 # Images over 3072 x 3072 pixels are searched on a copy reduced to this many pixels (detection time grows
 # with the pixel count: about 2 s for 9.4 MP at minSize 24 on one core of the build machine).
 DEFAULT_DETECT_MAX_PIXELS: Final = 3072 * 3072
@@ -228,8 +230,8 @@ class CropSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.margin <= 2:
             raise ValueError(f"margin {self.margin} is outside 0..2")
-        if self.size < 8:
-            raise ValueError(f"size {self.size} is too small")
+        if self.size < MIN_CROP_SIZE:
+            raise ValueError(f"size {self.size} is too small (at least {MIN_CROP_SIZE} px)")
         if self.dominance < 1:
             raise ValueError("dominance must be at least 1")
 
@@ -262,8 +264,13 @@ class CropSettings:
 
     @property
     def settings_key(self) -> str:
-        canonical = json.dumps(self.key_settings(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return settings_key_of(self.key_settings())
+
+
+def settings_key_of(key_settings: dict[str, Any]) -> str:
+    """The sha256 of a crop's key settings as canonical JSON: crops with equal keys are the same crops."""
+    canonical = json.dumps(key_settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def make_detector_spec(
@@ -592,6 +599,23 @@ def pending_jobs(engine: Engine, settings_key: str, limit: int | None = None) ->
     with session_scope(engine) as session:
         rows = session.execute(query).all()
     return [CropJob(post_id, relpath, sha256, label) for post_id, relpath, sha256, label in rows if relpath]
+
+
+def store_detector(engine: Engine) -> str | None:
+    """The detector of the store's latest detected crop (hand crops aside); None before the first crop.
+
+    `crop` without --detector keeps it: a new default detector is a new settings key, and would crop every
+    post of the store again.
+    """
+    with session_scope(engine) as session:
+        settings = session.scalar(
+            select(Crop.detector_settings)
+            .where(Crop.detector != MANUAL_DETECTOR)
+            .order_by(Crop.id.desc())
+            .limit(1)
+        )
+    detector = settings.get("detector") if isinstance(settings, dict) else None
+    return detector if isinstance(detector, str) else None
 
 
 def crop_posts(

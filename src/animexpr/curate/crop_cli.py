@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from animexpr.cli_common import (
+    EXIT_INTERRUPTED,
     JsonOption,
     ProgressBars,
     console,
@@ -15,6 +16,7 @@ from animexpr.cli_common import (
     print_json,
     require_store,
 )
+from animexpr.curate.cli_shared import Workers
 from animexpr.curate.defaults import (
     CASCADE_ENV,
     DEFAULT_MARGIN,
@@ -27,6 +29,8 @@ from animexpr.curate.defaults import (
 from animexpr.errors import ConfigError
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from animexpr.curate.crop import CropResult, CropSummary
     from animexpr.curate.detect import DetectorChoice
 
@@ -54,7 +58,13 @@ class _CropProgress:
 
 def crop(
     ctx: typer.Context,
-    detector: Annotated[DetectorName | None, typer.Option(help=DETECTOR_HELP, show_default=False)] = None,
+    detector: Annotated[
+        DetectorName | None,
+        typer.Option(
+            help=f"{DETECTOR_HELP} A store cropped before keeps the detector of its latest crops.",
+            show_default=False,
+        ),
+    ] = None,
     scale_factor: Annotated[float, typer.Option(help="Detector pyramid step (detectMultiScale).")] = 1.1,
     min_neighbors: Annotated[int, typer.Option(help="Overlapping hits a face needs (detectMultiScale).")] = 5,
     min_size: Annotated[int, typer.Option(help="Smallest face the detector looks for, in pixels.")] = 24,
@@ -78,9 +88,7 @@ def crop(
         ),
     ] = FacePolicy.LARGEST_IF_DOMINANT,
     keep_greyscale: Annotated[bool, typer.Option(help="Crop greyscale pictures too.")] = False,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes. Default: all cores.", show_default=False)
-    ] = None,
+    workers: Workers = None,
     cascade: Annotated[
         Path | None,
         typer.Option(
@@ -124,7 +132,6 @@ def crop(
     used; --size only when given, else the size of the latest detected crop).
     """
     from animexpr.curate import crop as cropping
-    from animexpr.curate.detect import choose_detector
 
     state = get_state(ctx)
     require_store(state.settings)  # before the detector, which may download its cascade
@@ -136,7 +143,7 @@ def crop(
         given_size = size if source is not None and source.name == "COMMANDLINE" else None
         crop_by_hand(ctx, box, boxes, reviewer, given_size, as_json)
         return
-    choice = choose_detector(None if detector is None else detector.value)
+    choice = _detector_choice(state.engine, detector)
     spec = cropping.make_detector_spec(
         choice.name,
         scale_factor=scale_factor,
@@ -155,8 +162,6 @@ def crop(
         )
     except ValueError as exc:
         raise ConfigError(f"crop: {exc}") from exc
-    if workers is not None and workers < 1:
-        raise ConfigError("crop: --workers must be at least 1")
     progress = _CropProgress()
     try:
         summary = cropping.crop_posts(
@@ -170,9 +175,22 @@ def crop(
     else:
         _print_summary(figures)
     if summary.interrupted:
-        # The status a shell gives Ctrl-C. Raised as SystemExit: under standalone_mode=False, click turns
-        # both KeyboardInterrupt and typer.Exit into a return value that the entry point does not pass on.
-        raise SystemExit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _detector_choice(engine: Engine, detector: DetectorName | None) -> DetectorChoice:
+    """--detector, else the detector of the store's earlier crops (another one would crop every post again),
+    else the default for this installation."""
+    from animexpr.curate.crop import store_detector
+    from animexpr.curate.detect import DetectorChoice, choose_detector
+
+    if detector is None:
+        kept = store_detector(engine)
+        if kept is not None:
+            default = choose_detector(None).name
+            change = f"--detector {default}" if default != kept else "--detector NAME"
+            return DetectorChoice(kept, f"the detector of this store's earlier crops; {change} to change")
+    return choose_detector(None if detector is None else detector.value)
 
 
 def summary_figures(summary: CropSummary, choice: DetectorChoice) -> dict[str, Any]:

@@ -18,11 +18,10 @@ already, nothing changes. Detected crops of the post are left to their own revie
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import math
 import re
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ from sqlalchemy.exc import IntegrityError
 
 from animexpr.curate.crop import (
     CROP_ALGORITHM_VERSION,
+    MANUAL_DETECTOR,
+    MIN_CROP_SIZE,
     CropOutcome,
     CropSettings,
     Square,
@@ -44,7 +45,9 @@ from animexpr.curate.crop import (
     make_detector_spec,
     read_original,
     resize_square,
+    settings_key_of,
     store_crop_png,
+    store_detector,
 )
 from animexpr.curate.defaults import DEFAULT_MARGIN, DEFAULT_SIZE, MAX_UPSCALE
 from animexpr.curate.detect import Detection, DetectorError, FaceDetector, build_detector, choose_detector
@@ -64,7 +67,6 @@ from animexpr.errors import shown
 from animexpr.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from animexpr.store import CorruptFileError, FileStore, UnsafePathError
 
-MANUAL_DETECTOR: Final = "manual"
 MANUAL_POLICY: Final = "manual"  # the faces policy recorded on hand crops: the reviewer chose the face
 BOX_COLUMNS: Final = ("post_id", "x", "y", "size")
 # The detector's outcomes that leave a post without a crop but with a picture worth a hand crop.
@@ -120,11 +122,6 @@ def manual_key_settings(box: ManualBox, size: int) -> dict[str, Any]:
         "pad": "none",
         "algorithm": CROP_ALGORITHM_VERSION,
     }
-
-
-def settings_key_of(key_settings: dict[str, Any]) -> str:
-    canonical = json.dumps(key_settings, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check_square(box: ManualBox, width: int, height: int, size: int) -> None:
@@ -224,13 +221,15 @@ class ManualCropper:
         self.class_names = tuple(class_names)
         self.max_pixels = max_pixels
         self._detector: tuple[FaceDetector, CropSettings] | None = None
+        # The web app calls candidates from its thread pool, and an OpenCV cascade is not thread-safe.
+        self._detecting = threading.Lock()
 
     # -- saving ---------------------------------------------------------------------------------------
 
     def crop(self, box: ManualBox, reviewer: str, size: int | None = None) -> ManualCropResult:
         """Cut one hand crop, store it and accept it as `reviewer` (ManualCropError: nothing written)."""
         check_reviewer(reviewer)
-        size = size or self.crop_size()
+        size = self._size(size)
         cut = self._cut(self._post(box.post_id), box, size)
         return self._record_all([cut], reviewer, uuid.uuid4().hex)[0]
 
@@ -240,7 +239,7 @@ class ManualCropper:
         """Hand crops for (line number, box) pairs: each bad one is a line error, the good ones are
         recorded in one transaction and one batch (one undo takes them all back)."""
         check_reviewer(reviewer)
-        size = size or self.crop_size()
+        size = self._size(size)
         report = BoxesReport(lines=len(boxes))
         cuts: list[_CutCrop] = []
         first_line: dict[int, int] = {}
@@ -272,6 +271,13 @@ class ManualCropper:
         with self.engine.begin() as connection:
             lock_for_write(connection)
             return [self._record(connection, cut, reviewer, batch_id) for cut in cuts]
+
+    def _size(self, asked: int | None) -> int:
+        """The crop side asked for (None: `crop_size()`), checked as the crop stage checks --size."""
+        size = asked if asked is not None else self.crop_size()
+        if size < MIN_CROP_SIZE:
+            raise ManualCropError(f"size {size}: hand crops are at least {MIN_CROP_SIZE} px")
+        return size
 
     def crop_size(self) -> int:
         """The side of hand crops: that of the latest detected crop, so that they match the others."""
@@ -492,14 +498,17 @@ class ManualCropper:
         }
 
     def _detect(self, rgb: np.ndarray) -> list[Detection]:
-        """Faces by the crop stage's default detector, at its default settings (the cascade found as `crop`
-        finds it, never downloaded here): the attempt keeps no boxes, so they are found again."""
-        if self._detector is None:
-            spec = make_detector_spec(choose_detector(None).name, download=False)
-            settings = CropSettings(detector=spec)
-            self._detector = (build_detector(settings.detector), settings)
-        detector, settings = self._detector
-        return detect_faces(detector, settings, rgb)
+        """Faces by the detector `crop` uses without --detector (the store's, else the default), at its
+        default settings (the cascade found as `crop` finds it, never downloaded here): the attempt keeps
+        no boxes, so they are found again."""
+        with self._detecting:
+            if self._detector is None:
+                name = store_detector(self.engine) or choose_detector(None).name
+                spec = make_detector_spec(name, download=False)
+                settings = CropSettings(detector=spec)
+                self._detector = (build_detector(settings.detector), settings)
+            detector, settings = self._detector
+            return detect_faces(detector, settings, rgb)
 
 
 def _candidate(source: str, square: Square, box: list[int] | None, score: float | None) -> dict[str, Any]:

@@ -67,6 +67,7 @@ from animexpr.curate.review import (
 )
 from animexpr.curate.review_stats import queue_stats
 from animexpr.db.models import MAX_ROW_ID
+from animexpr.errors import AnimexprError
 from animexpr.store import FileStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ SESSION_COOKIE = "animexpr_review"
 MAX_BODY_BYTES = 256 * 1024
 MAX_LOGIN_BYTES = 4096
 MAX_TOKEN_CHARS = 1024
-# The most crops on a grid page: the page shows the whole rows that fit the window, up to this many.
+# The page's files (in the package's static folder) and their content types.
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "login.html": "text/html; charset=utf-8",
@@ -580,6 +581,12 @@ async def review_error(request: Request, exc: Exception) -> Response:
     return _error(status, str(exc))
 
 
+async def server_error(request: Request, exc: Exception) -> Response:
+    """Our other errors (a store that cannot be written ...): the server's fault, still one line."""
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    return _error(500, str(exc))
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return _error(exc.status_code, str(exc.detail))
@@ -627,7 +634,11 @@ def create_app(engine: Engine, settings: Settings, config: ReviewAppConfig) -> S
     )
     app = Starlette(
         routes=ROUTES,
-        exception_handlers={ReviewError: review_error, HTTPException: http_error},
+        exception_handlers={
+            ReviewError: review_error,
+            AnimexprError: server_error,  # a ReviewError takes the handler above: the nearest class wins
+            HTTPException: http_error,
+        },
     )
     app.state.review = ReviewContext(
         config=config,

@@ -390,7 +390,13 @@ def crop_by_hand(
 
     `size` is the crop side asked for on the command line (None: that of the store's latest detected crop).
     """
-    from animexpr.curate.manual_crop import ManualBox, ManualCropError, ManualCropper, read_boxes_csv
+    from animexpr.curate.manual_crop import (
+        BOX_COLUMNS,
+        ManualCropError,
+        ManualCropper,
+        parse_box,
+        read_boxes_csv,
+    )
     from animexpr.curate.review import check_reviewer
 
     if box is not None and boxes_file is not None:
@@ -401,7 +407,8 @@ def crop_by_hand(
     results: list[ManualCropResult]
     errors: list[LineError] = []
     if box is not None:
-        results, lines = [cropper.crop(ManualBox(*box), name, size)], 1
+        # Checked as a CSV line is: the post a row id, the numbers within range.
+        results, lines = [cropper.crop(parse_box(dict(zip(BOX_COLUMNS, box, strict=True))), name, size)], 1
     else:
         assert boxes_file is not None
         parsed, errors = read_boxes_csv(boxes_file)

@@ -172,7 +172,8 @@ class Crop(Base):
 
 
 class ReviewEvent(Base):
-    """One review decision (accept, reject, relabel, undo), appended, never changed."""
+    """One review decision (accept, reject, relabel, reset, undo, or crop: a hand crop accepted), appended,
+    never changed."""
 
     __tablename__ = "review_events"
 

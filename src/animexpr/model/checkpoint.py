@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,7 +33,10 @@ from animexpr.model.run_files import (
     STATE_NAME,
     STATS_FILE,
     generator_name,
+    numbered,
+    run_dirs,
     state_name,
+    stats_row,
 )
 from animexpr.store import TEMP_PREFIX, atomic_write_bytes
 
@@ -106,19 +108,12 @@ def load_generator_file(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def _numbered(folder: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name))]
-    return sorted(found)
-
-
 def training_states(run_dir: Path) -> list[tuple[int, Path]]:
-    return _numbered(run_dir / CHECKPOINT_DIR, STATE_NAME)
+    return numbered(run_dir / CHECKPOINT_DIR, STATE_NAME)
 
 
 def generator_files(run_dir: Path) -> list[tuple[int, Path]]:
-    return _numbered(run_dir / CHECKPOINT_DIR, GENERATOR_NAME)
+    return numbered(run_dir / CHECKPOINT_DIR, GENERATOR_NAME)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -146,7 +141,7 @@ def new_run_dir(runs_root: Path, description: str, config_json: str) -> Path:
 
 def _rename_to_next_number(staging: Path, runs_root: Path, description: str) -> Path:
     while True:
-        numbers = [int(m.group(1)) for p in runs_root.iterdir() if (m := RUN_NAME.match(p.name))]
+        numbers = [number for number, _ in numbered(runs_root, RUN_NAME)]
         run_dir = runs_root / f"{max(numbers, default=-1) + 1:05d}-{description}"
         try:
             os.rename(staging, run_dir)  # fails on a folder with contents: another process took the number
@@ -159,15 +154,6 @@ def _rename_to_next_number(staging: Path, runs_root: Path, description: str) -> 
 
 def write_run_config(run_dir: Path, config_json: str) -> None:
     atomic_write_bytes(run_dir / CONFIG_FILE, config_json.encode("utf-8"))
-
-
-def run_dirs(runs_root: Path) -> list[Path]:
-    if not runs_root.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p) for p in runs_root.iterdir() if (m := RUN_NAME.match(p.name)) and p.is_dir()
-    ]
-    return [p for _, p in sorted(found)]
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -191,7 +177,7 @@ def discard_after(run_dir: Path, iteration: int) -> None:
         log.warning("removing %s: the run continues from iteration %d", path, iteration)
         path.unlink(missing_ok=True)
     _truncate_stats(run_dir / STATS_FILE, iteration)
-    for sample_iteration, path in _numbered(run_dir / SAMPLES_DIR, SAMPLE_NAME):
+    for sample_iteration, path in numbered(run_dir / SAMPLES_DIR, SAMPLE_NAME):
         if sample_iteration > iteration:
             path.unlink(missing_ok=True)
     for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / SAMPLES_DIR):
@@ -204,19 +190,10 @@ def _truncate_stats(path: Path, iteration: int) -> None:
     if not path.is_file():
         return
     text = path.read_text(encoding="utf-8", errors="replace")
-    rows = [(line, _stats_row_iteration(line)) for line in text.splitlines()]
-    new_text = "".join(f"{line}\n" for line, at in rows if at is not None and at <= iteration)
+    rows = [(line, stats_row(line)) for line in text.splitlines()]
+    new_text = "".join(f"{line}\n" for line, row in rows if row is not None and row["iteration"] <= iteration)
     if new_text != text:
         atomic_write_bytes(path, new_text.encode("utf-8"))
-
-
-def _stats_row_iteration(line: str) -> int | None:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    value = row.get("iteration") if isinstance(row, dict) else None
-    return value if isinstance(value, int) else None
 
 
 def latest_generator(path: Path) -> Path:

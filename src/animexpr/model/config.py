@@ -296,4 +296,5 @@ TableChoice = Literal["1", "2", "both"]  # the paper's Table 1 (ablations), Tabl
 TABLE_CHOICES: tuple[TableChoice, ...] = get_args(TableChoice)
 
 # How `transform` treats its pictures: auto crops the non-square ones, always crops every one, never none.
+# With auto or always, a picture where no face is found is transformed by its centre square.
 CropMode = Literal["auto", "always", "never"]

@@ -6,13 +6,17 @@
   when training stops, so it costs nothing between sample steps.
 - With the `tensorboard` package installed (`pip install 'animexpr[tensorboard]'`): TensorBoard event files
   in `tensorboard/`, holding every number of every stats row (the losses above, lr and timing too).
+
+Neither ever stops training: a picture or event file that cannot be written (or a tensorboard that does not
+import) gives one warning, and the run goes on without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
-import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,10 +25,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from animexpr.model.run_files import CURVES_PNG, TENSORBOARD_DIR, read_stats_rows
 from animexpr.store import atomic_write_bytes
 
-CURVES_PNG = "curves.png"
-TENSORBOARD_DIR = "tensorboard"
+log = logging.getLogger(__name__)
+
 _POSITION_KEYS = ("iteration", "kimg")  # where a row was logged, not what was measured
 
 Series = dict[str, list[tuple[int, float]]]  # stats key -> (iteration, value) in logged order
@@ -49,21 +54,6 @@ _PLOT_LEFT, _PLOT_RIGHT, _PLOT_TOP, _PLOT_BOTTOM = 64, 16, 46, 40
 _COLUMNS = 2
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _FONT_SIZE = 12
-
-
-def read_stats_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a stats.jsonl that say where they were logged; a line cut short by a kill is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
-            rows.append(row)
-    return rows
 
 
 def _measured(row: dict[str, Any]) -> dict[str, float]:
@@ -257,25 +247,49 @@ class TrainingCurves:
     """
 
     def __init__(self, run_dir: Path, stats_file: Path, start_iteration: int):
-        self.png_path = run_dir / CURVES_PNG
+        self.png_path: Path | None = run_dir / CURVES_PNG  # None once it could not be written
         self.rows = read_stats_rows(stats_file)
         self.tensorboard = open_tensorboard(run_dir / TENSORBOARD_DIR, self.rows, start_iteration)
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         if self.tensorboard is not None:
-            _add_to_tensorboard(self.tensorboard, row)
+            try:
+                _add_to_tensorboard(self.tensorboard, row)
+            except OSError as exc:
+                self._give_up_tensorboard(exc)
 
     def draw(self) -> None:
-        write_curves_png(self.rows, self.png_path)
+        if self.png_path is not None:
+            try:
+                write_curves_png(self.rows, self.png_path)
+            except OSError as exc:
+                log.warning(
+                    "%s: cannot write the training curves (%s); training goes on without them",
+                    self.png_path,
+                    exc,
+                )
+                self.png_path = None
         if self.tensorboard is not None:
-            self.tensorboard.flush()  # what a TensorBoard watching the run shows is as new as the picture
+            try:
+                self.tensorboard.flush()  # what a TensorBoard watching the run shows is as new as the picture
+            except OSError as exc:
+                self._give_up_tensorboard(exc)
 
     def close(self) -> None:
         self.draw()
         if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
+            writer, self.tensorboard = self.tensorboard, None
+            try:
+                writer.close()
+            except OSError as exc:
+                log.warning("cannot finish the TensorBoard event file (%s)", exc)
+
+    def _give_up_tensorboard(self, exc: OSError) -> None:
+        log.warning("cannot write the TensorBoard events (%s); training goes on without them", exc)
+        writer, self.tensorboard = self.tensorboard, None
+        with contextlib.suppress(OSError):  # the same failure again: said once already
+            writer.close()
 
 
 def tensorboard_installed() -> bool:
@@ -283,7 +297,7 @@ def tensorboard_installed() -> bool:
 
 
 def open_tensorboard(folder: Path, rows: Sequence[dict[str, Any]], start_iteration: int) -> Any:
-    """A SummaryWriter on `folder`, or None without the tensorboard package.
+    """A SummaryWriter on `folder`, or None without the tensorboard package (or one that does not work).
 
     A new folder gets the rows logged so far (a run resumed after tensorboard was installed shows its whole
     history). In an existing one, events after `start_iteration` came from a process killed after its last
@@ -291,13 +305,20 @@ def open_tensorboard(folder: Path, rows: Sequence[dict[str, Any]], start_iterati
     """
     if not tensorboard_installed():
         return None
-    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard itself: only when installed
-
-    if folder.is_dir():
-        return SummaryWriter(str(folder), purge_step=start_iteration + 1)
-    writer = SummaryWriter(str(folder))
-    for row in rows:
-        _add_to_tensorboard(writer, row)
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard itself: only when installed
+    except Exception as exc:  # a tensorboard, protobuf or numpy of another age raises more than ImportError
+        log.warning("tensorboard is installed but does not import (%s); writing no TensorBoard events", exc)
+        return None
+    try:
+        if folder.is_dir():
+            return SummaryWriter(str(folder), purge_step=start_iteration + 1)
+        writer = SummaryWriter(str(folder))
+        for row in rows:
+            _add_to_tensorboard(writer, row)
+    except OSError as exc:
+        log.warning("%s: cannot write TensorBoard events (%s); training goes on without them", folder, exc)
+        return None
     return writer
 
 

@@ -52,7 +52,6 @@ from animexpr.images import ImageDecodeError, decode_image
 from animexpr.model.checkpoint import load_generator_file
 from animexpr.model.classifier import ClassifierConfig, TrainedClassifier, snapshot_classifier
 from animexpr.model.config import PROTOCOLS, VARIANTS, EvalProtocol, Reference, TrainConfig
-from animexpr.model.curves import CURVES_PNG
 from animexpr.model.data import (
     IMAGE_SUFFIXES,
     MAX_IMAGE_PIXELS,
@@ -75,15 +74,13 @@ from animexpr.model.inception import (
 )
 from animexpr.model.metrics import FeatureCache, fid, identity_measures, kid
 from animexpr.model.networks import Discriminator, Generator, count_parameters, parameter_counts
-from animexpr.model.run_files import EVAL_JSON, STATS_FILE
+from animexpr.model.run_files import CURVES_PNG, EVAL_DIR, EVAL_JSON, STATS_FILE, read_stats_rows
 from animexpr.model.transform import LoadedGenerator, load_generator
 from animexpr.model.vgg import WeightsMissingError, resolve_vgg19_weights
 from animexpr.store import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
-EVAL_TABLE = "eval.md"
-EVAL_DIR = "eval"
 INPUTS_DIR = "inputs"
 FORMAT = "animexpr-eval-2"
 DEFAULT_IMAGE_SIZE = 128  # px: the paper's resolution, for folders of images made elsewhere
@@ -266,17 +263,8 @@ def _test_originals(snapshot: Snapshot, what: str, remedy: str) -> list[Manifest
 
 def median_ms_per_iteration(run_dir: Path) -> float | None:
     """Median of the logged windows of a run, without the first (it holds compilation and graph capture)."""
-    path = run_dir / STATS_FILE
-    if not path.is_file():
-        return None
-    values = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            value = json.loads(line).get("ms_per_iter")
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, int | float):
-            values.append(float(value))
+    logged = [row.get("ms_per_iter") for row in read_stats_rows(run_dir / STATS_FILE)]
+    values = [float(value) for value in logged if isinstance(value, int | float)]
     if len(values) >= 3:
         values = values[1:]
     return statistics.median(values) if values else None

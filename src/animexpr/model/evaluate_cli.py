@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,9 +12,6 @@ from rich.text import Text
 
 from animexpr.cli_common import ProgressBars, console, get_settings
 from animexpr.model.config import EvalProtocol, Reference
-
-if TYPE_CHECKING:  # torch is imported by the command itself, so that other commands start fast
-    pass
 
 
 def evaluate(

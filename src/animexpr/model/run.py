@@ -41,7 +41,7 @@ from animexpr.model.data import (
 )
 from animexpr.model.distributed import gather_objects
 from animexpr.model.grid import grid_labels, save_png, translation_grid
-from animexpr.model.run_files import CHECKPOINT_DIR, SAMPLES_DIR, STATS_FILE, sample_name
+from animexpr.model.run_files import CHECKPOINT_DIR, SAMPLES_DIR, STATS_FILE, run_dirs, sample_name
 
 if TYPE_CHECKING:
     from animexpr.model.train import RunTrainer
@@ -191,7 +191,7 @@ def resume_target(cfg: TrainConfig, runs_root: Path, resume: str | None) -> tupl
 
 def newest_run_of(runs_root: Path, cfg: TrainConfig) -> Path | None:
     """The newest run folder of this snapshot and variant, with or without a checkpoint."""
-    for run_dir in reversed(ckpt.run_dirs(runs_root)):
+    for run_dir in reversed(run_dirs(runs_root)):
         try:
             saved = ckpt.read_run_config(run_dir)
         except ckpt.CheckpointError:

@@ -534,9 +534,12 @@ def _train(
     writer = RunWriter(run_dir, trainer, fixed, snapshot.manifest_sha256, classes) if info.is_main else None
     try:
         interrupted = _loop(trainer, writer, progress)
-    finally:
+    except BaseException:
         if writer is not None:
-            writer.close()  # the curves as far as training got, however it stopped
+            _close_after_failure(writer)
+        raise
+    if writer is not None:
+        writer.close()  # the curves as far as training got
     return TrainResult(
         run_dir,
         trainer.iteration,
@@ -544,6 +547,14 @@ def _train(
         writer.last_generator if writer else None,
         interrupted,
     )
+
+
+def _close_after_failure(writer: RunWriter) -> None:
+    """The curves as far as a failed training got; the loop's error is the one to report, never this one's."""
+    try:
+        writer.close()
+    except Exception:
+        log.exception("the training curves could not be finished")
 
 
 def _plan(cfg: TrainConfig, runs_root: Path, resume: str | None) -> RunPlan:

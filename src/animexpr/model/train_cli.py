@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from animexpr.cli_common import (
+    EXIT_INTERRUPTED,
     JsonOption,
     ProgressBars,
     choices,
@@ -206,7 +207,7 @@ def train(
         (err_console if as_json else console).print(
             f"stopped at iteration {result.iteration}; resume with --resume {result.run_dir}"
         )
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if not as_json:
         _print_train_summary(summary)
 

@@ -132,8 +132,9 @@ def faces_of(
 ) -> list[np.ndarray]:
     """The faces to transform in one picture: itself when it is a crop, the cropper's faces otherwise.
 
-    `auto` treats a square picture as an already-cropped face (crops are square) and crops the others. A
-    picture where no face is found (or no cropper is available) gives its centre square, with a warning.
+    `auto` treats a square picture as an already-cropped face (crops are square) and crops the others;
+    `always` crops every picture. With either, a picture where no face is found gives its centre square, with
+    a warning; without a cropper, `auto` does the same and `always` is an error.
     """
     square = abs(image.shape[0] - image.shape[1]) <= 0.02 * max(image.shape[:2])
     if crop == "never" or (crop == "auto" and square):

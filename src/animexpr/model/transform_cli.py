@@ -5,7 +5,6 @@ torch and the model modules are imported inside the command, so that every other
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -92,18 +91,15 @@ def transform(
     )
 
 
-def _curate_cropper(cascade: Path | None = None, detector: str | None = None) -> Cropper | None:
+def _curate_cropper(cascade: Path | None = None, detector: str | None = None) -> Cropper:
     """The curate room's face cropper (`animexpr.curate.crop.crop_faces`) with `detector` (default: crop's
-    default, `choose_detector`) and the LBP cascade `cascade` (else found as `crop` finds it), or None when
-    the curate room is not installed.
+    default, `choose_detector`) and the LBP cascade `cascade` (else found as `crop` finds it).
 
     The detector is set up on the first picture that needs cropping, once: square face crops need none, so
     they are transformed on a machine without a cascade.
     """
-    try:
-        module = importlib.import_module("animexpr.curate.crop")
-    except ImportError:
-        return None
+    from animexpr.curate import crop as module  # opencv: imported by this command only, as torch is
+
     settings: list[Any] = []  # the crop settings, made on first use
 
     def crop_faces(rgb: Any) -> Any:

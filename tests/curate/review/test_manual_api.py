@@ -119,6 +119,23 @@ def test_bad_squares_get_a_one_line_error_and_write_nothing(
     assert _counts(engine) == before
 
 
+def test_a_store_that_cannot_take_the_crop_is_a_one_line_500(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FileStore, "put_bytes", disk_full)
+    before = _counts(engine)
+    response = _post(client, "/api/manual/crop", {"post_id": 3, "x": 100, "y": 0, "size": 200})
+    assert response.status_code == 500, response.text
+    error = response.json()["error"]
+    assert "cannot write crops into" in error
+    assert "No space left on device" in error
+    assert "\n" not in error
+    assert _counts(engine) == before
+
+
 @pytest.mark.parametrize(
     "post_path",
     ["0", "-1", "99", "1e3", "%D9%A1", "99999999999999999999", "..%2f..%2fetc%2fpasswd", "1%00", "%2e%2e"],

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from sqlalchemy import Engine, func, select
 from animexpr.config import Settings
 from animexpr.curate.crop import (
     CropSettings,
+    DetectorSpec,
     FacePolicy,
     Square,
     crop_posts,
@@ -244,11 +248,10 @@ def test_a_boxes_file_without_the_header_is_refused_whole(tmp_path: Path) -> Non
         read_boxes_csv(path)
 
 
-def test_several_faces_candidates_are_the_detectors_faces_cut_like_the_crop_stage_cuts_them(
-    engine: Engine, store: FileStore, settings: Settings, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A real illustration with two faces: the crop stage records several_faces; the candidates are its two
-    faces (largest first) as crop squares, and a hand crop of one is the very crop the stage cuts for it."""
+def _add_two_faces_post(
+    engine: Engine, store: FileStore, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> DetectorSpec:
+    """Post 7, a real illustration with two faces, cropped by the default detector (several_faces)."""
     monkeypatch.setenv("ANIMEXPR_CASCADE", str(assets_dir / "lbpcascade_animeface.xml"))
     grid = decode_image(assets_dir / "illustration-grid.jpg").rgb
     two_faces = np.ascontiguousarray(grid[0:512, 5 * 512 : 6 * 512])
@@ -267,6 +270,36 @@ def test_several_faces_candidates_are_the_detectors_faces_cut_like_the_crop_stag
         )
     spec = make_detector_spec(choose_detector(None).name, download=False)
     assert crop_posts(engine, store, CropSettings(detector=spec), workers=1).outcomes == {"several_faces": 1}
+    return spec
+
+
+@pytest.mark.slow
+def test_candidates_from_several_threads_at_once_are_the_same(
+    engine: Engine, store: FileStore, settings: Settings, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web app asks from its thread pool; one shared cascade must not mix the threads' faces up."""
+    _add_two_faces_post(engine, store, assets_dir, monkeypatch)
+    cropper = ManualCropper(engine, store, settings.class_names)
+    expected = cropper.candidates(7)
+    assert len(expected["candidates"]) == 2
+    fresh = ManualCropper(engine, store, settings.class_names)  # its detector built by the racing threads
+    start = threading.Barrier(6)
+
+    def candidates(_: int) -> dict[str, Any]:
+        start.wait()
+        return fresh.candidates(7)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        found = list(pool.map(candidates, range(36)))  # without the lock, most runs see a wrong one
+    assert all(result == expected for result in found)
+
+
+def test_several_faces_candidates_are_the_detectors_faces_cut_like_the_crop_stage_cuts_them(
+    engine: Engine, store: FileStore, settings: Settings, assets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real illustration with two faces: the crop stage records several_faces; the candidates are its two
+    faces (largest first) as crop squares, and a hand crop of one is the very crop the stage cuts for it."""
+    spec = _add_two_faces_post(engine, store, assets_dir, monkeypatch)
     cropper = ManualCropper(engine, store, settings.class_names)
     assert [post["reason"] for post in cropper.needing_crops()] == ["several_faces"]
     found = cropper.candidates(7)["candidates"]
