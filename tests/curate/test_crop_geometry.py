@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from animexpr.curate.crop import (
     place_span,
     resize_square,
 )
-from animexpr.curate.detect import Detection, DetectorSpec
+from animexpr.curate.detect import ANIMEFACE, ANIMEFACE_FRAME_SCALE, LBP, Detection, DetectorSpec
 
 
 def test_square_is_centred_on_the_box_with_the_margin() -> None:
@@ -174,3 +176,13 @@ def test_bad_settings_are_refused() -> None:
         CropSettings(margin=-0.1)
     with pytest.raises(ValueError, match="size"):
         CropSettings(size=4)
+
+
+def test_face_sizes_are_compared_as_the_cascade_frames_faces() -> None:
+    # animeface's boxes are tighter than the cascade's (framed 1.32x larger when cropped): a 35 px animeface
+    # box is a 46 px face for --min-face (43 at the defaults) and for dominance.
+    tight = Detection(0, 0, 35, 35, 0.9, found_by=ANIMEFACE)
+    assert tight.framed_side == round(35 * ANIMEFACE_FRAME_SCALE) >= default_min_face(128, 0.25)
+    cascade_box = Detection(200, 0, 22, 22, 3.0, found_by=LBP)
+    assert choose_faces([tight, cascade_box], FacePolicy.LARGEST_IF_DOMINANT) == [(0, tight)]  # 46 >= 2 x 22
+    assert choose_faces([replace(tight, found_by=LBP), cascade_box], FacePolicy.LARGEST_IF_DOMINANT) == []

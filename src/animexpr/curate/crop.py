@@ -200,14 +200,14 @@ def choose_faces(
 
     Faces are indexed in reading order (top to bottom, left to right) so that indices are stable.
     """
-    ordered = sorted(faces, key=lambda f: (f.y, f.x, -f.side))
+    ordered = sorted(faces, key=lambda f: (f.y, f.x, -f.framed_side))
     if len(ordered) <= 1 or policy is FacePolicy.ALL:
         return list(enumerate(ordered))
     if policy is FacePolicy.SKIP:
         return []
-    by_size = sorted(range(len(ordered)), key=lambda i: (-ordered[i].side, i))
+    by_size = sorted(range(len(ordered)), key=lambda i: (-ordered[i].framed_side, i))
     largest, runner_up = ordered[by_size[0]], ordered[by_size[1]]
-    if policy is FacePolicy.LARGEST_IF_DOMINANT and largest.side < dominance * runner_up.side:
+    if policy is FacePolicy.LARGEST_IF_DOMINANT and largest.framed_side < dominance * runner_up.framed_side:
         return []
     return [(by_size[0], largest)]
 
@@ -385,15 +385,17 @@ class PostCropper:
         if not faces:
             return CropResult(job.post_id, job.label, CropOutcome.NO_FACE, None, 0, (), detect_s, read_s)
         if not chosen:
-            sides = ", ".join(str(f.side) for f in sorted(faces, key=lambda f: -f.side))
+            sides = ", ".join(str(f.framed_side) for f in sorted(faces, key=lambda f: -f.framed_side))
             detail = f"{len(faces)} faces (sides {sides} px), policy {self.settings.faces}"
             return CropResult(
                 job.post_id, job.label, CropOutcome.SEVERAL_FACES, detail, len(faces), (), detect_s, read_s
             )
         min_face = self.settings.effective_min_face
-        crops = tuple(self._store_crop(image.rgb, i, face) for i, face in chosen if face.side >= min_face)
+        crops = tuple(
+            self._store_crop(image.rgb, i, face) for i, face in chosen if face.framed_side >= min_face
+        )
         if not crops:
-            largest = max(face.side for _, face in chosen)
+            largest = max(face.framed_side for _, face in chosen)
             detail = f"largest face {largest} px < --min-face {min_face} px"
             return CropResult(
                 job.post_id, job.label, CropOutcome.FACE_TOO_SMALL, detail, len(faces), (), detect_s, read_s
@@ -465,9 +467,8 @@ def crop_faces(rgb: np.ndarray, settings: CropSettings | None = None) -> list[np
         settings = CropSettings(detector=detector, faces=FacePolicy.ALL)
     faces = detect_faces(build_detector(settings.detector), settings, rgb)
     chosen = choose_faces(faces, settings.faces, settings.dominance)
-    return [
-        cut_face(rgb, face, settings)[1] for _, face in chosen if face.side >= settings.effective_min_face
-    ]
+    big_enough = [face for _, face in chosen if face.framed_side >= settings.effective_min_face]
+    return [cut_face(rgb, face, settings)[1] for face in big_enough]
 
 
 # Worker processes ------------------------------------------------------------------------------------------

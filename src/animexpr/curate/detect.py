@@ -83,6 +83,11 @@ class Detection:
         """How much larger than this box the cascade's box of the same face would be (see crop margins)."""
         return ANIMEFACE_FRAME_SCALE if self.found_by == ANIMEFACE else 1.0
 
+    @property
+    def framed_side(self) -> int:
+        """The side as the cascade frames faces: what face sizes are compared by (--min-face, dominance)."""
+        return round(self.side * self.frame_scale)
+
 
 class FaceDetector(Protocol):
     def detect(self, rgb: np.ndarray, min_size: int) -> list[Detection]: ...
