@@ -385,27 +385,25 @@ def test_sigint_to_the_command_stops_it_cleanly(
     assert len(attempts(engine)) == 10
 
 
+def run_crop(home: Path, *args: str, cascade: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`animexpr crop ARGS` in a process of its own, as a user runs it (the cascade from the environment)."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "COLUMNS": "200"}
+    if cascade is not None:
+        env["ANIMEXPR_CASCADE"] = str(cascade)
+    command = [sys.executable, "-m", "animexpr", "--home", str(home), "crop", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
 def test_crop_command_prints_a_summary_and_errors_in_one_line(
     home: Path, engine: Engine, store: FileStore, posts: list[PostFile], cascade: Path
 ) -> None:
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "COLUMNS": "200"}
-    base = [sys.executable, "-m", "animexpr", "--home", str(home), "crop"]
-    result = subprocess.run(
-        [*base, "--cascade", str(cascade), "--workers", "2", "--detector", "lbp"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    result = run_crop(home, "--cascade", str(cascade), "--workers", "2", "--detector", "lbp")
     assert result.returncode == 0, result.stderr
     assert f"cropped {len(posts) - 1} of {len(posts)} posts" in result.stdout
     assert "3 crops from 3 posts" in result.stdout
     assert "several_faces 2" in result.stdout
     assert "detector lbp (chosen with --detector)" in result.stdout
-    missing = subprocess.run(
-        [*base, "--cascade", str(home / "nope.xml")], capture_output=True, text=True, env=env, check=False
-    )
+    missing = run_crop(home, "--cascade", str(home / "nope.xml"))
     assert missing.returncode == 1
     assert "no cascade file at" in missing.stderr
     assert "Traceback" not in missing.stderr
@@ -415,14 +413,10 @@ def test_crop_without_detector_keeps_the_detector_of_the_stores_earlier_crops(
     home: Path, engine: Engine, store: FileStore, posts: list[PostFile], cascade: Path
 ) -> None:
     """A store cropped with lbp is not cropped again by a newer default (lbp+animeface where installed)."""
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "COLUMNS": "200", "ANIMEXPR_CASCADE": str(cascade)}
-    command = [sys.executable, "-m", "animexpr", "--home", str(home), "crop", "--workers", "1"]
-    first = subprocess.run(
-        [*command, "--detector", "lbp"], capture_output=True, text=True, env=env, timeout=120, check=False
-    )
+    first = run_crop(home, "--workers", "1", "--detector", "lbp", cascade=cascade)
     assert first.returncode == 0, first.stderr
     done = len(attempts(engine))
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    again = run_crop(home, "--workers", "1", cascade=cascade)
     assert again.returncode == 0, again.stderr
     assert "cropped 0 of 1 posts" in again.stdout  # only the post whose file is missing, retried
     assert len(attempts(engine)) == done
@@ -432,8 +426,7 @@ def test_crop_without_detector_keeps_the_detector_of_the_stores_earlier_crops(
 
 
 def test_crop_refuses_zero_workers_as_a_usage_error(home: Path) -> None:
-    command = [sys.executable, "-m", "animexpr", "--home", str(home), "crop", "--workers", "0"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    result = run_crop(home, "--workers", "0")
     assert result.returncode == 2
     assert "--workers" in result.stderr
     assert "Traceback" not in result.stderr
@@ -442,9 +435,7 @@ def test_crop_refuses_zero_workers_as_a_usage_error(home: Path) -> None:
 def test_crop_json_gives_the_summary_figures_and_the_default_detector(
     home: Path, engine: Engine, store: FileStore, posts: list[PostFile], cascade: Path
 ) -> None:
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "ANIMEXPR_CASCADE": str(cascade)}
-    command = [sys.executable, "-m", "animexpr", "--home", str(home), "crop", "--json", "--workers", "1"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    result = run_crop(home, "--json", "--workers", "1", cascade=cascade)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)  # one JSON object, nothing else on stdout
     expected = choose_detector(None)

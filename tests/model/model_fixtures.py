@@ -8,11 +8,15 @@ expression classes.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from typer.testing import CliRunner
 
+from animexpr.cli import app
 from animexpr.model.config import TrainConfig
 from animexpr.model.data import write_folder_snapshot
 
@@ -71,3 +75,15 @@ def tiny_config(data: Path, **overrides: object) -> TrainConfig:
     }
     values.update(overrides)
     return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def home_with_run(snapshot_dir: Path, tmp_path: Path, variant: str, options: Sequence[str]) -> Path:
+    """A home holding `snapshot_dir` as snapshot faces4 and a 2-iteration run of `variant`, trained through
+    the command line with `options`."""
+    home = tmp_path / "home"
+    shutil.copytree(snapshot_dir, home / "snapshots" / "faces4")
+    command = ["--home", str(home), "train", "--snapshot", "faces4", "--variant", variant, *options]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert f"trained {variant} to iteration 2" in result.output
+    return home

@@ -5,7 +5,6 @@ transform)."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from model_fixtures import home_with_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -432,13 +432,7 @@ TINY_OPTIONS = [
 
 @pytest.fixture
 def cyclegan_home(snapshot_dir: Path, tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    shutil.copytree(snapshot_dir, home / "snapshots" / "faces4")
-    command = ["--home", str(home), "train", "--snapshot", "faces4", "--variant", "cyclegan", *TINY_OPTIONS]
-    result = CliRunner().invoke(app, command)
-    assert result.exit_code == 0, result.output
-    assert "trained cyclegan to iteration 2" in result.output
-    return home
+    return home_with_run(snapshot_dir, tmp_path, "cyclegan", TINY_OPTIONS)
 
 
 def _face(tmp_path: Path) -> Path:

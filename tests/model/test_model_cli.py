@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from model_fixtures import home_with_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -36,14 +36,7 @@ TINY_OPTIONS = [
 
 @pytest.fixture
 def trained_home(snapshot_dir: Path, tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    shutil.copytree(snapshot_dir, home / "snapshots" / "faces4")
-    result = CliRunner().invoke(
-        app, ["--home", str(home), "train", "--snapshot", "faces4", "--variant", "ours-no-cx", *TINY_OPTIONS]
-    )
-    assert result.exit_code == 0, result.output
-    assert "trained ours-no-cx to iteration 2" in result.output
-    return home
+    return home_with_run(snapshot_dir, tmp_path, "ours-no-cx", TINY_OPTIONS)
 
 
 def unwrapped(output: str) -> str:

@@ -55,6 +55,7 @@ from animexpr.curate.detect import (
     DETECTORS,
     LBP,
     Detection,
+    DetectorChoice,
     DetectorError,
     DetectorSpec,
     FaceDetector,
@@ -617,6 +618,15 @@ def store_detector(engine: Engine) -> str | None:
         )
     detector = settings.get("detector") if isinstance(settings, dict) else None
     return detector if isinstance(detector, str) else None
+
+
+def choose_store_detector(engine: Engine, requested: str | None) -> DetectorChoice:
+    """The requested detector, else the one of the store's earlier crops, else this installation's default."""
+    if requested is None and (kept := store_detector(engine)) is not None:
+        default = choose_detector(None).name
+        change = f"--detector {default}" if default != kept else "--detector NAME"
+        return DetectorChoice(kept, f"the detector of this store's earlier crops; {change} to change")
+    return choose_detector(requested)
 
 
 def crop_posts(

@@ -29,8 +29,6 @@ from animexpr.curate.defaults import (
 from animexpr.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from animexpr.curate.crop import CropResult, CropSummary
     from animexpr.curate.detect import DetectorChoice
 
@@ -143,7 +141,7 @@ def crop(
         given_size = size if source is not None and source.name == "COMMANDLINE" else None
         crop_by_hand(ctx, box, boxes, reviewer, given_size, as_json)
         return
-    choice = _detector_choice(state.engine, detector)
+    choice = cropping.choose_store_detector(state.engine, None if detector is None else detector.value)
     spec = cropping.make_detector_spec(
         choice.name,
         scale_factor=scale_factor,
@@ -176,21 +174,6 @@ def crop(
         _print_summary(figures)
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
-
-
-def _detector_choice(engine: Engine, detector: DetectorName | None) -> DetectorChoice:
-    """--detector, else the detector of the store's earlier crops (another one would crop every post again),
-    else the default for this installation."""
-    from animexpr.curate.crop import store_detector
-    from animexpr.curate.detect import DetectorChoice, choose_detector
-
-    if detector is None:
-        kept = store_detector(engine)
-        if kept is not None:
-            default = choose_detector(None).name
-            change = f"--detector {default}" if default != kept else "--detector NAME"
-            return DetectorChoice(kept, f"the detector of this store's earlier crops; {change} to change")
-    return choose_detector(None if detector is None else detector.value)
 
 
 def summary_figures(summary: CropSummary, choice: DetectorChoice) -> dict[str, Any]:

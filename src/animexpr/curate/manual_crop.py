@@ -39,6 +39,7 @@ from animexpr.curate.crop import (
     CropOutcome,
     CropSettings,
     Square,
+    choose_store_detector,
     crop_square,
     cut_square,
     detect_faces,
@@ -47,10 +48,9 @@ from animexpr.curate.crop import (
     resize_square,
     settings_key_of,
     store_crop_png,
-    store_detector,
 )
 from animexpr.curate.defaults import DEFAULT_MARGIN, DEFAULT_SIZE, MAX_UPSCALE
-from animexpr.curate.detect import Detection, DetectorError, FaceDetector, build_detector, choose_detector
+from animexpr.curate.detect import Detection, DetectorError, FaceDetector, build_detector
 from animexpr.curate.review import (
     Decision,
     DecisionResult,
@@ -503,7 +503,7 @@ class ManualCropper:
         no boxes, so they are found again."""
         with self._detecting:
             if self._detector is None:
-                name = store_detector(self.engine) or choose_detector(None).name
+                name = choose_store_detector(self.engine, None).name
                 spec = make_detector_spec(name, download=False)
                 settings = CropSettings(detector=spec)
                 self._detector = (build_detector(settings.detector), settings)

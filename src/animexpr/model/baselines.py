@@ -23,7 +23,6 @@ baseline has a generator from a class to itself.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -447,7 +446,3 @@ def baseline_parameter_counts(generator: PairTranslator, discriminators: nn.Modu
         counts = {"encoder": _count(generator.encoders[0]), "decoder": _count(generator.decoders[0])}
     counts |= {"D (one)": _count(first_d), "G": _count(generator), "D": _count(discriminators)}
     return counts
-
-
-def pair_count(num_classes: int) -> int:
-    return math.comb(num_classes, 2)
